@@ -1,0 +1,385 @@
+"""Recipes: one frozen dataclass per TOML section, strict loading, `--set` overrides, TOML output.
+
+A recipe file has the sections `[features]`, `[data]`, `[teacher]`, `[student]`, `[train]` and
+`[distill]`; every key is optional (the dataclass default applies), unknown keys and wrong types
+are errors naming `section.key`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class RecipeError(ValueError):
+    """A recipe or override that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Log-mel settings (`[features]`), stored with prepared data and checkpoints.
+
+    Attributes:
+        sample_rate: audio rate in Hz.
+        n_fft: FFT size in samples.
+        hop_length: samples per frame; the models' upsampling factor.
+        win_length: analysis window in samples (<= n_fft).
+        window: "hann" or "hamming".
+        n_mels: mel bands.
+        fmin, fmax: filterbank range in Hz (fmax <= sample_rate / 2).
+        log_floor: magnitudes are clamped to this before the natural log.
+        mel_norm: librosa filterbank normalisation: "slaney" or "none".
+        preemphasis: coefficient a of y_t = x_t - a x_{t-1} before the STFT (0: off).
+    """
+
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    hop_length: int = 256
+    win_length: int = 1024
+    window: str = "hann"
+    n_mels: int = 80
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    log_floor: float = 1e-5
+    mel_norm: str = "slaney"
+    preemphasis: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(
+            "features",
+            [
+                (self.sample_rate >= 8000, "sample_rate must be at least 8000 Hz"),
+                (0 < self.hop_length <= self.win_length <= self.n_fft, "need hop<=win<=n_fft"),
+                (self.window in ("hann", "hamming"), "window must be 'hann' or 'hamming'"),
+                (0 <= self.fmin < self.fmax <= self.sample_rate / 2, "need 0<=fmin<fmax<=sr/2"),
+                (self.mel_norm in ("slaney", "none"), "mel_norm must be 'slaney' or 'none'"),
+                (self.log_floor > 0, "log_floor must be positive"),
+                (0 <= self.preemphasis < 1, "preemphasis must be in [0, 1)"),
+                ((self.n_fft - self.hop_length) % 2 == 0, "n_fft - hop_length must be even"),
+            ],
+        )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Data preparation and training crops (`[data]`).
+
+    Attributes:
+        segment_length: training crop in samples (a multiple of the hop).
+        val_fraction: share of utterances held out for validation.
+        split_seed: seed of the deterministic train/validation split.
+        trim_db: leading/trailing audio this far below the peak is trimmed.
+        peak: peak level after normalisation.
+        silence_db: a clip whose RMS is below this (dBFS) before normalisation is skipped as silent.
+        num_workers: DataLoader workers (0: load in the main process).
+        corpus_minutes: minutes of built-in corpus the demo generates.
+        speakers: condition on speaker identity (global conditioning) when the data has several.
+    """
+
+    segment_length: int = 8192
+    val_fraction: float = 0.05
+    split_seed: int = 1234
+    trim_db: float = 40.0
+    peak: float = 0.95
+    silence_db: float = -60.0
+    num_workers: int = 0
+    corpus_minutes: float = 5.0
+    speakers: bool = False
+
+    def __post_init__(self) -> None:
+        _require(
+            "data",
+            [
+                (self.segment_length > 0, "segment_length must be positive"),
+                (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
+                (0 < self.peak <= 1, "peak must be in (0, 1]"),
+                (self.num_workers >= 0, "num_workers must be >= 0"),
+            ],
+        )
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The WaveNet teacher (`[teacher]`); passed whole to `WaveNet(**asdict(cfg))`.
+
+    Attributes:
+        n_layers: residual blocks.
+        n_cycles: dilation cycles (dilations 1..2^(n_layers/n_cycles - 1), repeated).
+        kernel_size: taps of each dilated conv.
+        residual_channels, gate_channels, skip_channels: widths.
+        output: "gaussian" (ClariNet) or "mol" (discretised mixture of logistics).
+        n_mixtures: logistic components of the "mol" head.
+        log_scale_min: floor on predicted log-scales.
+        n_speakers: speakers for global conditioning (0: none).
+        speaker_channels: speaker embedding width.
+    """
+
+    n_layers: int = 24
+    n_cycles: int = 4
+    kernel_size: int = 3
+    residual_channels: int = 128
+    gate_channels: int = 256
+    skip_channels: int = 128
+    output: str = "mol"
+    n_mixtures: int = 10
+    log_scale_min: float = -7.0
+    n_speakers: int = 0
+    speaker_channels: int = 16
+
+    def __post_init__(self) -> None:
+        _require(
+            "teacher",
+            [
+                (self.output in ("gaussian", "mol"), "output must be 'gaussian' or 'mol'"),
+                (self.n_layers % self.n_cycles == 0, "n_cycles must divide n_layers"),
+                (self.gate_channels % 2 == 0, "gate_channels must be even"),
+            ],
+        )
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Parallel students (`[student]`): `kind` picks one; `[student.<kind>]` holds its sizes.
+
+    Attributes:
+        kind: "iaf", "waveglow", "flowavenet" or "squeezewave".
+        iaf, waveglow, flowavenet, squeezewave: keyword arguments of each student's constructor.
+    """
+
+    kind: str = "iaf"
+    iaf: dict[str, Any] = field(default_factory=dict)
+    waveglow: dict[str, Any] = field(default_factory=dict)
+    flowavenet: dict[str, Any] = field(default_factory=dict)
+    squeezewave: dict[str, Any] = field(default_factory=dict)
+
+    def sizes(self, kind: str | None = None) -> dict[str, Any]:
+        """Constructor keyword arguments of student `kind` (default: `self.kind`)."""
+        return dict(getattr(self, kind or self.kind))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop (`[train]`), shared by teacher and students.
+
+    Attributes:
+        steps: optimiser steps in all.
+        batch_size: crops per step (per process under DDP).
+        lr: peak learning rate.
+        weight_decay: AdamW decoupled weight decay.
+        warmup_steps: linear warm-up from 0 to `lr`.
+        min_lr_ratio: the cosine decay ends at `lr * min_lr_ratio`.
+        grad_clip: maximum global gradient norm.
+        ema_decay: Polyak averaging decay of the EMA weights (0: off).
+        log_every, eval_every, checkpoint_every: intervals in steps.
+        val_batches: validation batches per evaluation.
+        keep_last: checkpoints kept besides `best.pt`.
+        max_bad_steps: consecutive NaN/inf losses tolerated before training stops.
+        seed: seed of initialisation, crops and noise.
+        device: "auto", "cpu" or "cuda[:N]".
+        max_seconds: stop after this much wall time (0: no limit); a checkpoint is written.
+    """
+
+    steps: int = 100_000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 10.0
+    ema_decay: float = 0.9995
+    log_every: int = 50
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    val_batches: int = 4
+    keep_last: int = 3
+    max_bad_steps: int = 20
+    seed: int = 0
+    device: str = "auto"
+    max_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(
+            "train",
+            [
+                (self.steps > 0 and self.batch_size > 0, "steps and batch_size must be positive"),
+                (self.lr > 0, "lr must be positive"),
+                (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
+                (self.keep_last >= 1, "keep_last must be >= 1"),
+            ],
+        )
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation losses (`[distill]`).
+
+    Attributes:
+        weights: loss weight per named term ("kl", "stft", "power", "contrastive", ...).
+        kl_samples: samples per timestep for the low-variance IAF cross-entropy.
+        skip_receptive_field: leave the teacher's first receptive-field steps out of the KL.
+        log_scale_min: clamp on student log-scales inside the KL.
+    """
+
+    weights: dict[str, float] = field(default_factory=lambda: {"kl": 1.0, "stft": 1.0})
+    kl_samples: int = 4
+    skip_receptive_field: bool = True
+    log_scale_min: float = -7.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole recipe: one field per TOML section."""
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+def _require(section: str, checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise RecipeError(f"[{section}] {message}")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass `cls` from a TOML table, checking keys and types recursively.
+
+    Raises:
+        RecipeError: naming the dotted key of an unknown key or a value of the wrong type.
+    """
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where or 'recipe'}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise RecipeError(f"unknown recipe key '{key}' (known: {', '.join(sorted(names))})")
+    defaults = {f.name: f.default_factory() for f in dataclasses.fields(cls) if _has_factory(f)}
+    values = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        values[name] = _coerce(hints[name], value, key)
+        if isinstance(values[name], dict) and isinstance(defaults.get(name), dict):
+            # A table such as [distill.weights] updates the defaults rather than replacing them.
+            values[name] = {**defaults[name], **values[name]}
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise RecipeError(f"{where or 'recipe'}: {error}") from error
+
+
+def _has_factory(f: dataclasses.Field) -> bool:
+    return f.default_factory is not dataclasses.MISSING
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation `hint`; ints are accepted for floats."""
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key)
+    origin = typing.get_origin(hint)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"'{key}' must be a table, got {value!r}")
+        _, value_type = typing.get_args(hint)
+        if value_type is not Any:
+            return {k: _coerce(value_type, v, f"{key}.{k}") for k, v in value.items()}
+        return dict(value)
+    if origin in (list, tuple, types.UnionType):
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (
+        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
+    ):
+        raise RecipeError(f"'{key}' must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as nested plain dicts (for checkpoints and `recipe.toml`)."""
+    return dataclasses.asdict(recipe)
+
+
+def load_recipe(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Recipe:
+    """Read a TOML recipe (None: all defaults) and apply `section.key=value` overrides.
+
+    Raises:
+        RecipeError: for a missing or malformed file, unknown keys, wrong types, bad overrides.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as error:
+            raise RecipeError(f"recipe file not found: {path}") from error
+        except tomllib.TOMLDecodeError as error:
+            raise RecipeError(f"{path}: invalid TOML ({error})") from error
+    for override in overrides:
+        apply_override(data, override)
+    return from_dict(Recipe, data)
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """Rebuild a `Recipe` from `to_dict` output (e.g. a checkpoint's config)."""
+    return from_dict(Recipe, data)
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in nested `data`; the value is parsed as TOML, else taken as a string."""
+    if "=" not in override:
+        raise RecipeError(f"override '{override}' must look like section.key=value")
+    dotted, raw = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    if len(keys) < 2 or not all(keys):
+        raise RecipeError(f"override '{override}': the key must be section.key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    table = data
+    for key in keys[:-1]:
+        table = table.setdefault(key, {})
+        if not isinstance(table, dict):
+            raise RecipeError(f"override '{override}': '{key}' is not a table")
+    table[keys[-1]] = value
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """Serialise nested dicts of str/int/float/bool/lists to TOML (enough for recipes)."""
+    lines: list[str] = []
+    _write_table(data, [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _write_table(table: dict[str, Any], prefix: list[str], lines: list[str]) -> None:
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+    if prefix and (scalars or not tables):
+        lines.append(f"\n[{'.'.join(prefix)}]")
+    lines.extend(f"{key} = {_toml_value(value)}" for key, value in scalars.items())
+    for key, sub in tables.items():
+        _write_table(sub, [*prefix, key], lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise RecipeError(f"cannot write {value!r} to TOML")
