@@ -343,7 +343,7 @@ def _pad_to(array: np.ndarray, length: int, floor: float) -> np.ndarray:
     """Pad the last axis of a (C, n) array to `length`: zeros for audio, log(floor) for mels."""
     missing = length - array.shape[-1]
     if missing <= 0:
-        return np.ascontiguousarray(array, dtype=np.float32)
+        return np.array(array, dtype=np.float32)  # a writable copy of the memory-mapped crop
     value = 0.0 if floor == 0.0 else float(np.log(floor))
     return np.pad(array, ((0, 0), (0, missing)), constant_values=value).astype(np.float32)
 

@@ -1,0 +1,54 @@
+"""Shared fixtures: a small built-in corpus and its prepared dataset, made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from wavflow.config import Recipe, load_recipe
+from wavflow.corpus import write_corpus
+from wavflow.data import prepare_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TEACHER = ROOT / "recipes" / "tiny_teacher.toml"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--gpu", action="store_true", help="also run tests that need a CUDA device")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--gpu") and torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs --gpu and a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _two_threads() -> None:
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe() -> Recipe:
+    return load_recipe(TINY_TEACHER)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    write_corpus(out, minutes=0.6, sample_rate=16000, seed=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(
+    tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path, tiny_recipe: Recipe
+) -> Path:
+    out = tmp_path_factory.mktemp("prepared")
+    prepare_dataset(corpus_dir, out, tiny_recipe.features, tiny_recipe.data, progress=False)
+    return out

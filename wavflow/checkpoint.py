@@ -1,0 +1,141 @@
+"""Building models from a recipe, and saving/loading checkpoints safely.
+
+A checkpoint is a dict of tensors and plain data only, loaded with `torch.load(weights_only=True)`:
+
+    version, kind ("teacher" | "student"), config (the resolved recipe as nested dicts),
+    speakers (names, for speaker ids), model (state_dict), ema (state_dict or None),
+    optimizer (state_dict), step, best_val, rng (torch RNG states), bad_steps
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wavflow.config import Recipe, recipe_from_dict, to_dict
+from wavflow.nn.conv import add_weight_norm, remove_weight_norm
+from wavflow.teacher import WaveNet
+
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+def build_teacher(recipe: Recipe, n_speakers: int = 0) -> WaveNet:
+    """A new weight-normalised teacher from `[teacher]` and the mel settings."""
+    sizes = dataclasses.asdict(recipe.teacher)
+    sizes["n_speakers"] = n_speakers
+    model = WaveNet(recipe.features.n_mels, recipe.features.hop_length, **sizes)
+    return add_weight_norm(model)
+
+
+def build_student(recipe: Recipe, n_speakers: int = 0, kind: str | None = None) -> nn.Module:
+    """A new student of `kind` (default `[student] kind`) from its `[student.<kind>]` sizes."""
+    from wavflow.flows import build_student as build_flow_student
+
+    kind = kind or recipe.student.kind
+    return build_flow_student(
+        kind,
+        recipe.features.n_mels,
+        recipe.features.hop_length,
+        n_speakers=n_speakers,
+        **recipe.student.sizes(kind),
+    )
+
+
+def build_model(kind: str, recipe: Recipe, n_speakers: int = 0) -> nn.Module:
+    """`kind` "teacher" or "student": the model the checkpoint of that kind holds."""
+    if kind == "teacher":
+        return build_teacher(recipe, n_speakers)
+    if kind == "student":
+        return build_student(recipe, n_speakers)
+    raise CheckpointError(f"unknown model kind '{kind}'")
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` atomically: to a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save({"version": CHECKPOINT_VERSION, **state}, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint without executing pickled code (`weights_only=True`).
+
+    Raises:
+        CheckpointError: missing file, corrupt file, or one holding anything but tensors and
+            plain data (which may be an attempt to run code), naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path}: refused: it holds objects other than tensors and plain data, so loading it "
+            f"could run code. Only load checkpoints written by wavflow. ({error})"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({error})") from error
+    missing = {"config", "kind", "model"} - set(state) if isinstance(state, dict) else {"all"}
+    if missing:
+        raise CheckpointError(f"{path}: not a wavflow checkpoint (missing {sorted(missing)})")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}"
+        )
+    return state
+
+
+def checkpoint_state(
+    kind: str, recipe: Recipe, model: nn.Module, speakers: list[str], **extra: Any
+) -> dict[str, Any]:
+    """The fields every checkpoint has; training adds optimizer, EMA, step, RNG."""
+    return {
+        "kind": kind,
+        "config": to_dict(recipe),
+        "speakers": list(speakers),
+        "model": model.state_dict(),
+        **extra,
+    }
+
+
+def load_model(
+    path: str | Path, use_ema: bool = True, for_inference: bool = True
+) -> tuple[nn.Module, Recipe, dict[str, Any]]:
+    """Rebuild the model a checkpoint holds, strict keys, EMA weights where kept.
+
+    Returns:
+        (model in eval mode with weight norm folded when `for_inference`, its recipe, the raw
+        checkpoint dict).
+    """
+    state = load_checkpoint(path)
+    recipe = recipe_from_dict(state["config"])
+    model = build_model(state["kind"], recipe, speaker_count(recipe, state.get("speakers", [])))
+    weights = state["ema"] if use_ema and state.get("ema") else state["model"]
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"{path}: weights do not fit the model its config describes ({error})"
+        ) from error
+    model.eval()
+    if for_inference:
+        remove_weight_norm(model)
+    return model, recipe, state
+
+
+def speaker_count(recipe: Recipe, speakers: list[str]) -> int:
+    """Speakers a model conditions on: all of them when `[data] speakers` and there are 2+."""
+    return len(speakers) if recipe.data.speakers and len(speakers) > 1 else 0

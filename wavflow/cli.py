@@ -1,0 +1,310 @@
+"""`wavflow <command>`: corpus, prepare, train-teacher, train-student, synthesize, demo.
+
+Every command prints a clear message and exits with status 2 on bad input (a missing file, a
+recipe error, unusable data); `--help` on each explains every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from wavflow.config import RecipeError, load_recipe
+
+RECIPE_HELP = "recipe TOML file (see recipes/); omitted keys take their defaults"
+SET_HELP = "override a recipe value, e.g. --set train.lr=3e-4 (repeatable; values are TOML)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `wavflow` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    from wavflow.audio import AudioError
+    from wavflow.checkpoint import CheckpointError
+    from wavflow.data import DataError
+    from wavflow.training import TrainingError
+
+    try:
+        return int(args.run(args) or 0)
+    except (
+        RecipeError,
+        DataError,
+        AudioError,
+        CheckpointError,
+        TrainingError,
+        ValueError,
+    ) as error:
+        print(f"wavflow {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wavflow",
+        description="Fast neural audio generation by distillation: a WaveNet teacher trained by "
+        "maximum likelihood, parallel flow students distilled from it, batch synthesis and a "
+        "sequential-versus-parallel speed benchmark.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_corpus(commands)
+    _add_prepare(commands)
+    _add_train_teacher(commands)
+    _add_train_student(commands)
+    _add_synthesize(commands)
+    _add_demo(commands)
+    return parser
+
+
+def _add_recipe_options(command: argparse.ArgumentParser, required: bool = True) -> None:
+    command.add_argument("--recipe", type=Path, required=required, help=RECIPE_HELP)
+    command.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
+
+
+def _add_corpus(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "corpus",
+        help="write the built-in speech-like corpus",
+        description="Write the built-in corpus: speech-like audio from a glottal source and moving "
+        "formant filters (several speakers, deterministic for a seed), with its true F0.",
+    )
+    command.add_argument("out_dir", type=Path, help="folder to write <speaker>/<id>.wav into")
+    command.add_argument("--minutes", type=float, default=5.0, help="minutes of audio (default 5)")
+    command.add_argument("--sample-rate", type=int, default=16000, help="Hz (default 16000)")
+    command.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    command.add_argument("--speakers", type=int, default=4, help="number of speakers (default 4)")
+    command.add_argument(
+        "--engine",
+        choices=("builtin", "espeak"),
+        default="builtin",
+        help="builtin: the synthetic generator; espeak: render sentences with espeak-ng "
+        "(must be on PATH)",
+    )
+    command.set_defaults(run=_run_corpus)
+
+
+def _run_corpus(args: argparse.Namespace) -> int:
+    from wavflow.corpus import write_corpus
+
+    paths = write_corpus(
+        args.out_dir, args.minutes, args.sample_rate, args.seed, args.engine, args.speakers
+    )
+    print(f"wrote {len(paths)} utterances to {args.out_dir}")
+    return 0
+
+
+def _add_prepare(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "prepare",
+        help="prepare a dataset (resample, trim, normalise, mels, split)",
+        description="Prepare IN_DIR (a folder of wav/flac/ogg, searched recursively, or the "
+        "LJSpeech layout metadata.csv + wavs/) into OUT_DIR: resampled, trimmed and "
+        "peak-normalised audio, log-mels, a manifest and a train/validation split. Unusable "
+        "files are skipped and listed; re-running skips what is already prepared.",
+    )
+    command.add_argument("in_dir", type=Path, help="folder of audio files or LJSpeech root")
+    command.add_argument("out_dir", type=Path, help="output folder of the prepared dataset")
+    _add_recipe_options(command)
+    command.add_argument(
+        "--workers", type=int, default=1, help="parallel worker processes (default 1)"
+    )
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+    command.set_defaults(run=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from wavflow.data import prepare_dataset
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    report = prepare_dataset(
+        args.in_dir, args.out_dir, recipe.features, recipe.data, args.workers, not args.quiet
+    )
+    n_val = sum(r["split"] == "val" for r in report.records)
+    print(
+        f"prepared {len(report.records)} utterances ({len(report.records) - n_val} train, "
+        f"{n_val} val; {report.reused} already prepared) in {args.out_dir}"
+    )
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} files:")
+        for item in report.skipped:
+            print(f"  {item['skipped']}")
+    return 0
+
+
+def _add_train_teacher(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "train-teacher",
+        help="train the WaveNet teacher by maximum likelihood",
+        description="Train the WaveNet teacher on a prepared dataset. Under torchrun, trains with "
+        "DDP (NCCL on GPUs, gloo on CPU). Writes checkpoints, metrics.jsonl, TensorBoard logs "
+        "and the resolved recipe.toml to --out.",
+    )
+    _add_training_options(command)
+    command.set_defaults(run=_run_train_teacher)
+
+
+def _add_training_options(command: argparse.ArgumentParser) -> None:
+    _add_recipe_options(command, required=False)
+    command.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
+    command.add_argument("--out", type=Path, required=True, help="run folder")
+    command.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in --out (recipe defaults to its recipe.toml)",
+    )
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _training_recipe(args: argparse.Namespace):
+    """The recipe of a training command: --recipe, else the run's recipe.toml on --resume."""
+    path = args.recipe
+    if path is None and args.resume and (args.out / "recipe.toml").is_file():
+        path = args.out / "recipe.toml"
+    if path is None:
+        raise RecipeError("--recipe is required (or --resume in a run folder with recipe.toml)")
+    return load_recipe(path, args.overrides)
+
+
+def _run_train_teacher(args: argparse.Namespace) -> int:
+    from wavflow.checkpoint import build_teacher, speaker_count
+    from wavflow.data import PreparedData
+    from wavflow.training import likelihood_objective, train
+
+    recipe = _training_recipe(args)
+    speakers = PreparedData(args.data, expected=recipe.features).speakers
+    model = build_teacher(recipe, speaker_count(recipe, speakers))
+    objective = likelihood_objective("teacher", model, recipe.features)
+    state = train(objective, recipe, args.data, args.out, args.resume, not args.quiet, speakers)
+    print(f"teacher: {state.step} steps, best validation NLL {state.best_val:.4f} nats/sample")
+    return 0
+
+
+def _add_train_student(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "train-student",
+        help="train a parallel flow student (maximum likelihood or distillation)",
+        description="Train a student flow: by maximum likelihood on data (--objective mle; "
+        "coupling students) or distilled from a teacher checkpoint (--teacher).",
+    )
+    _add_training_options(command)
+    command.add_argument(
+        "--student",
+        choices=("iaf", "waveglow", "flowavenet", "squeezewave"),
+        help="student kind (default: [student] kind of the recipe)",
+    )
+    command.add_argument(
+        "--objective",
+        choices=("mle", "distill"),
+        default=None,
+        help="mle: maximum likelihood on data; distill: Monte Carlo KL to --teacher "
+        "(default: distill when --teacher is given, else mle)",
+    )
+    command.add_argument("--teacher", type=Path, help="teacher checkpoint to distil from")
+    command.set_defaults(run=_run_train_student)
+
+
+def _run_train_student(args: argparse.Namespace) -> int:
+    from wavflow.checkpoint import build_student, speaker_count
+    from wavflow.data import PreparedData
+    from wavflow.training import likelihood_objective, train
+
+    if args.student:
+        args.overrides = [*args.overrides, f'student.kind="{args.student}"']
+    recipe = _training_recipe(args)
+    objective_name = args.objective or ("distill" if args.teacher else "mle")
+    speakers = PreparedData(args.data, expected=recipe.features).speakers
+    model = build_student(recipe, speaker_count(recipe, speakers))
+    if objective_name == "mle":
+        if recipe.student.kind == "iaf":
+            raise RecipeError(
+                "the IAF student's density of data needs its sequential inverse (T steps), so it "
+                "is not trained by maximum likelihood: distil it with --teacher"
+            )
+        objective = likelihood_objective("student", model, recipe.features)
+    else:
+        raise RecipeError("distillation (--teacher) is not available yet in this version")
+    state = train(objective, recipe, args.data, args.out, args.resume, not args.quiet, speakers)
+    print(
+        f"student {recipe.student.kind}: {state.step} steps, "
+        f"best {objective.best_metric} {state.best_val:.4f}"
+    )
+    return 0
+
+
+def _add_synthesize(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "synthesize",
+        help="write audio from mels or audio files with a trained model",
+        description="Synthesise one wav per input with a teacher (sequential) or student "
+        "(parallel) checkpoint. Inputs are audio files or folders (their mels computed with the "
+        "checkpoint's feature settings) or mel arrays (.npy, n_mels x frames).",
+    )
+    command.add_argument("inputs", nargs="+", type=Path, help="audio files, folders or .npy mels")
+    command.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint (.pt)")
+    command.add_argument("--out", type=Path, required=True, help="output folder")
+    command.add_argument(
+        "--method",
+        choices=("cached", "naive"),
+        default="cached",
+        help="teacher generation: cached queues (fast) or the naive window (reference)",
+    )
+    command.add_argument("--temperature", type=float, default=1.0, help="noise scale (default 1)")
+    command.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    command.add_argument(
+        "--batch-size", type=int, default=8, help="utterances per batch (default 8)"
+    )
+    command.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    command.add_argument("--no-ema", action="store_true", help="use raw weights, not the EMA")
+    command.set_defaults(run=_run_synthesize)
+
+
+def _run_synthesize(args: argparse.Namespace) -> int:
+    from wavflow.synthesis import synthesize_files
+
+    report = synthesize_files(
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        method=args.method,
+        temperature=args.temperature,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        use_ema=not args.no_ema,
+    )
+    print(f"wrote {len(report.written)} files to {args.out}")
+    for name, reason in report.failed:
+        print(f"  failed: {name}: {reason}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "demo",
+        help="run the whole pipeline on the built-in corpus",
+        description="The main job end to end on the built-in corpus: corpus -> prepare -> train "
+        "the teacher -> synthesise validation clips -> report. Uses recipes/demo.toml unless "
+        "--recipe is given.",
+    )
+    _add_recipe_options(command, required=False)
+    command.add_argument(
+        "--out", type=Path, default=Path("demo"), help="output folder (default demo/)"
+    )
+    command.add_argument("--quiet", action="store_true", help="no progress bars")
+    command.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from wavflow.demo import run_demo
+
+    run_demo(args.out, args.recipe, args.overrides, progress=not args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

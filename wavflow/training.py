@@ -1,0 +1,473 @@
+"""The training loop shared by the teacher, maximum-likelihood students and distillation.
+
+One loop, top to bottom: a loss module turns a batch into named losses; their weighted sum is
+checked for NaN/inf, back-propagated, clipped and stepped; EMA weights follow; logs, validation
+and checkpoints happen at intervals. Runs on CPU or CUDA, alone or under `torchrun` (DDP).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from wavflow.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from wavflow.config import FeatureConfig, Recipe, TrainConfig, dumps_toml, recipe_from_dict, to_dict
+from wavflow.data import PreparedData, SegmentDataset, StepBatchSampler
+from wavflow.evaluation import generate_audio, mel_figure
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many NaN losses in a row); checkpoints are kept."""
+
+
+@dataclass
+class Objective:
+    """What a run trains: the model to save, a loss module, and how to validate it.
+
+    Attributes:
+        kind: "teacher" or "student" (what the checkpoint holds).
+        model: the module whose weights are trained, saved and averaged (EMA).
+        loss: module whose forward(batch) returns named losses (B-averaged, per sample); it
+            contains `model` (and, for distillation, a frozen teacher). DDP wraps this module.
+        weights: weight per loss name in the total; names missing here are logged only.
+        validate: (model, batches) -> named validation metrics; `best_metric` picks `best.pt`.
+        best_metric: the validation metric to minimise.
+        media: optional (model, batch, writer, step) hook for TensorBoard audio and images.
+    """
+
+    kind: str
+    model: nn.Module
+    loss: nn.Module
+    weights: dict[str, float]
+    validate: Callable[[nn.Module, list[dict[str, Any]]], dict[str, float]]
+    best_metric: str = "val/nll"
+    media: Callable[[nn.Module, dict[str, Any], SummaryWriter, int], None] | None = None
+
+
+@dataclass
+class RunState:
+    """What changes as training goes: restored exactly on resume."""
+
+    step: int = 0
+    best_val: float = math.inf
+    bad_steps: int = 0
+    skipped_steps: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to `lr`, then cosine decay to `lr * min_lr_ratio` at `steps`."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """ "auto" -> this rank's CUDA device if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def init_distributed(device_name: str) -> tuple[int, int, int]:
+    """Join the process group when launched by `torchrun`; returns (rank, world, local_rank)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 or dist.is_initialized():
+        return (dist.get_rank(), dist.get_world_size(), 0) if dist.is_initialized() else (0, 1, 0)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_nccl = pick_device(device_name, local_rank).type == "cuda"
+    dist.init_process_group("nccl" if use_nccl else "gloo")
+    return dist.get_rank(), world, local_rank
+
+
+class EMA:
+    """Polyak averages of a model's parameters (buffers copied): e = d e + (1 - d) p.
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) so early averages are not stale.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for key, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.state[key].lerp_(value.detach(), 1 - decay)
+            else:
+                self.state[key].copy_(value)
+
+    def swap_into(self, model: nn.Module) -> dict[str, Tensor]:
+        """Load the averages into `model`; returns its own weights to restore afterwards."""
+        own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.state)
+        return own
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest `ckpt_<step>.pt` in `run_dir`, or None."""
+    found = sorted(run_dir.glob("ckpt_*.pt"))
+    return found[-1] if found else None
+
+
+def train(
+    objective: Objective,
+    recipe: Recipe,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    speakers: list[str] | None = None,
+) -> RunState:
+    """Train `objective` on the prepared data; checkpoints, logs and TensorBoard go to `run_dir`.
+
+    Returns:
+        The final `RunState` (step, best validation metric, skipped steps, metric history).
+
+    Raises:
+        TrainingError: after `train.max_bad_steps` non-finite losses in a row.
+    """
+    cfg = recipe.train
+    rank, world, local_rank = init_distributed(cfg.device)
+    device = pick_device(cfg.device, local_rank)
+    run_dir = Path(run_dir)
+    is_main = rank == 0
+    prepared = PreparedData(data_dir, expected=recipe.features)
+    speakers = speakers if speakers is not None else prepared.speakers
+
+    model, loss_module = objective.model.to(device), objective.loss.to(device)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    state = RunState()
+    if resume and (found := latest_checkpoint(run_dir)) is not None:
+        state = _restore(found, recipe, model, optimizer, ema)
+    elif is_main:
+        _start_run_dir(run_dir, recipe)
+
+    ddp_loss = (
+        nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device] if device.type == "cuda" else None
+        )
+        if world > 1
+        else loss_module
+    )
+    train_set = SegmentDataset(prepared, "train", recipe.data.segment_length, True, cfg.seed)
+    val_batches = _validation_batches(prepared, recipe, cfg)
+    loader = DataLoader(
+        train_set,
+        batch_sampler=StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, state.step, rank),
+        num_workers=recipe.data.num_workers,
+        persistent_workers=False,
+    )
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if is_main else None
+    log = _Logger(run_dir, writer, is_main)
+    bar = tqdm(
+        total=cfg.steps, initial=state.step, desc=objective.kind, disable=not (progress and is_main)
+    )
+    started, window, window_start = time.monotonic(), [], time.monotonic()
+
+    for batch in loader:
+        if state.step >= cfg.steps:
+            break
+        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        lr = learning_rate(state.step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            losses = ddp_loss(batch)
+        total = sum(objective.weights.get(k, 0.0) * v for k, v in losses.items())
+        grad_norm = _backward_and_step(total, model, optimizer, cfg, world)
+        state.step += 1
+        if grad_norm is None:
+            state.bad_steps += 1
+            state.skipped_steps += 1
+            log.event(state.step, {"train/skipped_steps": state.skipped_steps})
+            if state.bad_steps >= cfg.max_bad_steps:
+                raise TrainingError(
+                    f"{state.bad_steps} non-finite losses in a row at step {state.step}; stopped. "
+                    f"The last good checkpoint is kept in {run_dir}. "
+                    "Lower train.lr or check the data."
+                )
+            continue
+        state.bad_steps = 0
+        if ema is not None:
+            ema.update(model)
+        window.append({k: float(v.detach()) for k, v in losses.items()} | {"grad_norm": grad_norm})
+        bar.update()
+        out_of_time = cfg.max_seconds > 0 and time.monotonic() - started > cfg.max_seconds
+        last = state.step >= cfg.steps or out_of_time
+        if state.step % cfg.log_every == 0 or last:
+            rate = len(window) * cfg.batch_size * world * recipe.data.segment_length
+            rate /= max(time.monotonic() - window_start, 1e-9)
+            scalars = _mean_dict(window) | {"lr": lr, "samples_per_s": rate}
+            log.event(state.step, {f"train/{k}": v for k, v in scalars.items()})
+            bar.set_postfix(loss=f"{scalars.get(next(iter(objective.weights)), float('nan')):.3f}")
+            window, window_start = [], time.monotonic()
+        if is_main and (state.step % cfg.eval_every == 0 or last):
+            metrics = _evaluate(objective, ema, val_batches, writer, state.step)
+            log.event(state.step, metrics)
+            state.history.append({"step": state.step, **metrics})
+            value = metrics.get(objective.best_metric, math.inf)
+            if value < state.best_val:
+                state.best_val = value
+                _save(run_dir / "best.pt", objective, recipe, speakers, optimizer, ema, state)
+        if is_main and (state.step % cfg.checkpoint_every == 0 or last):
+            _save(
+                run_dir / f"ckpt_{state.step:08d}.pt",
+                objective,
+                recipe,
+                speakers,
+                optimizer,
+                ema,
+                state,
+            )
+            _prune(run_dir, cfg.keep_last)
+        if out_of_time:
+            break
+    bar.close()
+    log.close()
+    return state
+
+
+def _backward_and_step(
+    total: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, world: int
+) -> float | None:
+    """Backward, clip and step; returns the gradient norm, or None when the step was skipped.
+
+    A non-finite loss or gradient on ANY rank skips the step on all ranks, so DDP stays in step.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    finite = torch.tensor(float(torch.isfinite(total.detach()).all()), device=total.device)
+    if world > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if finite.item() < 1:
+        return None
+    total.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    ok = torch.isfinite(grad_norm).float()
+    if world > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    if ok.item() < 1:
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    optimizer.step()
+    return float(grad_norm)
+
+
+def _validation_batches(prepared: PreparedData, recipe: Recipe, cfg: TrainConfig) -> list[dict]:
+    """Fixed validation crops, batched once and reused at every evaluation."""
+    val_set = SegmentDataset(prepared, "val", recipe.data.segment_length, random_crops=False)
+    loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False)
+    return [batch for _, batch in zip(range(cfg.val_batches), loader)]
+
+
+@torch.no_grad()
+def _evaluate(
+    objective: Objective,
+    ema: EMA | None,
+    batches: list[dict],
+    writer: SummaryWriter | None,
+    step: int,
+) -> dict[str, float]:
+    """Validation metrics of the EMA weights (when kept), plus media for TensorBoard."""
+    model = objective.model
+    device = next(model.parameters()).device
+    batches = [
+        {k: v.to(device) if isinstance(v, Tensor) else v for k, v in b.items()} for b in batches
+    ]
+    own = ema.swap_into(model) if ema is not None else None
+    was_training = model.training
+    model.eval()
+    try:
+        metrics = {
+            f"val/{k}" if not k.startswith("val/") else k: v
+            for k, v in objective.validate(model, batches).items()
+        }
+        if writer is not None and objective.media is not None and batches:
+            objective.media(model, batches[0], writer, step)
+    finally:
+        model.train(was_training)
+        if own is not None:
+            model.load_state_dict(own)
+    return metrics
+
+
+def _save(
+    path: Path,
+    objective: Objective,
+    recipe: Recipe,
+    speakers: list[str],
+    optimizer: torch.optim.Optimizer,
+    ema: EMA | None,
+    state: RunState,
+) -> None:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    save_checkpoint(
+        path,
+        checkpoint_state(
+            objective.kind,
+            recipe,
+            objective.model,
+            speakers,
+            ema=ema.state if ema is not None else None,
+            ema_updates=ema.updates if ema is not None else 0,
+            optimizer=optimizer.state_dict(),
+            step=state.step,
+            best_val=state.best_val,
+            bad_steps=state.bad_steps,
+            skipped_steps=state.skipped_steps,
+            rng=rng,
+        ),
+    )
+
+
+def _restore(
+    path: Path, recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None
+) -> RunState:
+    """Load everything a checkpoint holds so the run continues exactly."""
+    saved = load_checkpoint(path)
+    old = recipe_from_dict(saved["config"])
+    for section in ("features", "teacher", "student"):
+        if getattr(old, section) != getattr(recipe, section):
+            raise TrainingError(
+                f"cannot resume from {path}: [{section}] differs from the recipe given; "
+                "resume with the run's own recipe.toml (only [train] may change)"
+            )
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if ema is not None and saved.get("ema"):
+        ema.state = saved["ema"]
+        ema.updates = int(saved.get("ema_updates", 0))
+    torch.set_rng_state(saved["rng"]["torch"])
+    if "cuda" in saved["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    return RunState(
+        step=int(saved["step"]),
+        best_val=float(saved["best_val"]),
+        bad_steps=int(saved["bad_steps"]),
+        skipped_steps=int(saved.get("skipped_steps", 0)),
+    )
+
+
+def _start_run_dir(run_dir: Path, recipe: Recipe) -> None:
+    """A new run: refuse to overwrite another run's checkpoints; keep the resolved recipe."""
+    if latest_checkpoint(run_dir) is not None:
+        raise TrainingError(
+            f"{run_dir} already holds checkpoints: pass --resume to continue, or pick a new --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.toml").write_text(dumps_toml(to_dict(recipe)))
+
+
+def _prune(run_dir: Path, keep_last: int) -> None:
+    for old in sorted(run_dir.glob("ckpt_*.pt"))[:-keep_last]:
+        old.unlink()
+
+
+def _mean_dict(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = rows[0].keys() if rows else []
+    return {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+
+
+class _Logger:
+    """metrics.jsonl (one line per event) and TensorBoard scalars, written by rank 0 only."""
+
+    def __init__(self, run_dir: Path, writer: SummaryWriter | None, enabled: bool) -> None:
+        self.path, self.writer, self.enabled = run_dir / "metrics.jsonl", writer, enabled
+
+    def event(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as file:
+            file.write(json.dumps({"step": step, **scalars}) + "\n")
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class LikelihoodLoss(nn.Module):
+    """Maximum likelihood: {"nll": -log p(x | mel) / T}, nats per sample, batch mean.
+
+    Works for any model with `condition(feats, speaker)` and `log_prob(x, cond) -> (B,)`: the
+    teacher and the coupling students.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        audio = batch["audio"]
+        cond = self.model.condition(batch["feats"], batch["speaker"])
+        return {"nll": -(self.model.log_prob(audio, cond) / audio.shape[-1]).mean()}
+
+
+def likelihood_objective(kind: str, model: nn.Module, features: FeatureConfig) -> Objective:
+    """Train `model` (teacher or coupling student) by maximum likelihood."""
+
+    def validate(model: nn.Module, batches: list[dict[str, Any]]) -> dict[str, float]:
+        nll = [float(LikelihoodLoss(model)(b)["nll"]) for b in batches]
+        audio = torch.cat([b["audio"].flatten() for b in batches])
+        return {"nll": sum(nll) / len(nll), "baseline_nll": context_free_nll(audio)}
+
+    def media(model: nn.Module, batch: dict[str, Any], writer: SummaryWriter, step: int) -> None:
+        log_media(model, batch, writer, step, features)
+
+    return Objective(kind, model, LikelihoodLoss(model), {"nll": 1.0}, validate, "val/nll", media)
+
+
+def context_free_nll(audio: Tensor) -> float:
+    """NLL (nats per sample) of the best context-free Gaussian: 0.5 log(2 pi e var)."""
+    return 0.5 * math.log(2 * math.pi * math.e * float(audio.double().var()))
+
+
+@torch.no_grad()
+def log_media(
+    model: nn.Module,
+    batch: dict[str, Any],
+    writer: SummaryWriter,
+    step: int,
+    features: FeatureConfig,
+    seconds: float = 0.25,
+) -> None:
+    """Real and generated validation audio (first item, up to `seconds`) and their mels."""
+    frames = max(
+        1, min(batch["feats"].shape[-1], int(seconds * features.sample_rate) // features.hop_length)
+    )
+    feats, real = (
+        batch["feats"][:1, :, :frames],
+        batch["audio"][:1, :, : frames * features.hop_length],
+    )
+    fake = generate_audio(model, feats, batch["speaker"][:1])
+    rate = features.sample_rate
+    writer.add_audio("audio/real", real[0, 0].float().cpu().clamp(-1, 1), step, rate)
+    writer.add_audio("audio/generated", fake[0, 0].float().cpu().clamp(-1, 1), step, rate)
+    writer.add_figure("mel/real_vs_generated", mel_figure(real, fake, features), step)
