@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from wavflow.config import RecipeError, load_recipe
 
 RECIPE_HELP = "recipe TOML file (see recipes/); omitted keys take their defaults"
@@ -177,6 +179,7 @@ def _run_train_teacher(args: argparse.Namespace) -> int:
 
     recipe = _training_recipe(args)
     speakers = PreparedData(args.data, expected=recipe.features).speakers
+    torch.manual_seed(recipe.train.seed)  # initial weights; a resumed run loads its own
     model = build_teacher(recipe, speaker_count(recipe, speakers))
     objective = likelihood_objective("teacher", model, recipe.features)
     state = train(objective, recipe, args.data, args.out, args.resume, not args.quiet, speakers)
@@ -218,6 +221,7 @@ def _run_train_student(args: argparse.Namespace) -> int:
     recipe = _training_recipe(args)
     objective_name = args.objective or ("distill" if args.teacher else "mle")
     speakers = PreparedData(args.data, expected=recipe.features).speakers
+    torch.manual_seed(recipe.train.seed)
     model = build_student(recipe, speaker_count(recipe, speakers))
     if objective_name == "mle":
         if recipe.student.kind == "iaf":

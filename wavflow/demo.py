@@ -64,6 +64,7 @@ def _prepare(out_dir: Path, recipe: Recipe, progress: bool) -> Path:
 def _train_teacher(out_dir: Path, recipe: Recipe, data_dir: Path, progress: bool) -> Path:
     run = out_dir / "teacher"
     speakers = PreparedData(data_dir, expected=recipe.features).speakers
+    torch.manual_seed(recipe.train.seed)
     model = build_teacher(recipe, speaker_count(recipe, speakers))
     objective = likelihood_objective("teacher", model, recipe.features)
     finished = (run / "best.pt").is_file() and latest_checkpoint(run) is not None

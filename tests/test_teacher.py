@@ -1,0 +1,170 @@
+"""The WaveNet teacher: causality, output heads against references, naive generation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from wavflow.distributions import GaussianOutput, LogisticMixtureOutput
+from wavflow.nn.conditioning import upsample_factors
+from wavflow.teacher import WaveNet
+
+
+def tiny_teacher(output: str, dtype=torch.float64) -> WaveNet:
+    torch.manual_seed(0)
+    model = WaveNet(
+        n_mels=8,
+        hop_length=4,
+        n_layers=4,
+        n_cycles=2,
+        kernel_size=3,
+        residual_channels=8,
+        gate_channels=16,
+        skip_channels=8,
+        output=output,
+        n_mixtures=3,
+    )
+    return model.to(dtype)
+
+
+@pytest.mark.parametrize("output", ["gaussian", "mol"])
+def test_teacher_is_causal(output):
+    model = tiny_teacher(output)
+    cond = model.condition(torch.randn(1, 8, 8, dtype=torch.float64))
+    x = (torch.rand(1, 1, 32, dtype=torch.float64) * 1.8 - 0.9).requires_grad_()
+    params = model(x, cond)
+    for t in [0, 5, 17, 31]:
+        (grad,) = torch.autograd.grad(params[0, :, t].sum(), x, retain_graph=True)
+        assert grad[0, 0, t:].abs().max() == 0, f"params at {t} see x at {t} or later"
+        if t >= 1:
+            assert grad[0, 0, t - 1].abs() > 0, "params at t must see x_{t-1}"
+
+
+def test_receptive_field_is_exact():
+    model = tiny_teacher("gaussian")
+    cond = torch.zeros(1, model.conditioner.out_channels, 40, dtype=torch.float64)
+    x = torch.rand(1, 1, 40, dtype=torch.float64).requires_grad_()
+    t = 39
+    (grad,) = torch.autograd.grad(model(x, cond)[0, :, t].sum(), x)
+    seen = torch.nonzero(grad[0, 0]).flatten()
+    assert t - int(seen.min()) == model.receptive_field
+
+
+def test_gaussian_log_prob_matches_torch_distributions():
+    head = GaussianOutput(log_scale_min=-7.0)
+    params = torch.randn(2, 2, 50, dtype=torch.float64)
+    params[:, 1] = params[:, 1] - 3.0
+    params[0, 1, 0] = -20.0  # below the floor
+    x = torch.rand(2, 1, 50, dtype=torch.float64) * 2 - 1
+    mean, log_scale = params[:, :1], params[:, 1:].clamp_min(-7.0)
+    reference = torch.distributions.Normal(mean, log_scale.exp()).log_prob(x)
+    assert torch.allclose(head.log_prob(params, x), reference)
+
+
+def _mixture_params(k: int = 4) -> torch.Tensor:
+    torch.manual_seed(1)
+    logits = torch.randn(1, k, 1, dtype=torch.float64)
+    means = torch.tensor([-0.99, -0.2, 0.3, 0.995], dtype=torch.float64)[None, :k, None]
+    log_scales = torch.tensor([-3.0, -6.0, -2.0, -4.0], dtype=torch.float64)[None, :k, None]
+    return torch.cat([logits, means, log_scales], dim=1)
+
+
+def test_mixture_bins_sum_to_one():
+    head = LogisticMixtureOutput(n_mixtures=4, n_bins=65536)
+    centres = torch.linspace(-1, 1, 65536, dtype=torch.float64)[None, None]
+    mass = head.log_mass(_mixture_params().expand(-1, -1, 65536), centres).exp()
+    assert abs(float(mass.sum()) - 1.0) < 1e-6
+
+
+def test_mixture_mass_agrees_with_direct_computation():
+    head = LogisticMixtureOutput(n_mixtures=4, n_bins=256)
+    params = _mixture_params()
+    logits, means, log_scales = params.split(4, dim=1)
+    weights = torch.softmax(logits, dim=1)[0, :, 0]
+    half = 1.0 / 255
+    for value in [-1.0, -0.2, 0.3 + 1 / 255, 1.0]:
+
+        def cdf(v):
+            return torch.sigmoid((v - means[0, :, 0]) / log_scales[0, :, 0].exp())
+
+        upper = torch.ones(4, dtype=torch.float64) if value >= 1 else cdf(value + half)
+        lower = torch.zeros(4, dtype=torch.float64) if value <= -1 else cdf(value - half)
+        direct = float((weights * (upper - lower)).sum())
+        x = torch.full((1, 1, 1), value, dtype=torch.float64)
+        assert math.isclose(float(head.log_mass(params, x).exp()), direct, rel_tol=1e-6)
+        density = float(head.log_prob(params, x).exp())
+        assert math.isclose(density, direct / (2 * half), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("output", ["gaussian", "mol"])
+def test_sampling_follows_noise_and_temperature(output):
+    model = tiny_teacher(output)
+    head = model.head
+    params = torch.randn(2, head.n_params, 5, dtype=torch.float64)
+    noise = head.draw_noise(2, 5, torch.Generator().manual_seed(0)).double()
+    a, b = head.sample(params, noise, 1.0), head.sample(params, noise, 1.0)
+    assert torch.equal(a, b) and a.shape == (2, 1, 5) and a.abs().max() <= 1
+    cold = head.sample(params, noise, 0.0)
+    assert torch.equal(cold, head.sample(params, noise * 0 + noise, 0.0))
+    assert not torch.equal(cold, a)
+
+
+def test_log_prob_is_total_over_steps():
+    model = tiny_teacher("mol")
+    cond = model.condition(torch.randn(2, 8, 6, dtype=torch.float64))
+    x = torch.rand(2, 1, 24, dtype=torch.float64) * 2 - 1
+    per_step = model.log_prob_per_step(x, cond)
+    assert per_step.shape == (2, 24)
+    assert torch.allclose(model.log_prob(x, cond), per_step.sum(-1))
+
+
+def test_naive_generation_shapes_and_lengths():
+    model = tiny_teacher("gaussian")
+    cond = model.condition(torch.randn(2, 8, 5, dtype=torch.float64))
+    x = model.generate(
+        cond,
+        method="naive",
+        generator=torch.Generator().manual_seed(0),
+        lengths=torch.tensor([20, 12]),
+    )
+    assert x.shape == (2, 1, 20)
+    assert x[1, 0, 12:].abs().sum() == 0 and x[1, 0, :12].abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown generation method"):
+        model.generate(cond, method="fast")
+
+
+@pytest.mark.parametrize(("hop", "factors"), [(256, [16, 16]), (200, [5, 10, 4]), (64, [16, 4])])
+def test_upsampling_factors_come_from_the_hop(hop, factors):
+    assert upsample_factors(hop) == factors
+    model = WaveNet(
+        n_mels=8,
+        hop_length=hop,
+        n_layers=2,
+        n_cycles=1,
+        residual_channels=4,
+        gate_channels=8,
+        skip_channels=4,
+    )
+    assert model.condition(torch.randn(1, 8, 3)).shape[-1] == 3 * hop
+
+
+def test_speaker_conditioning():
+    model = WaveNet(
+        n_mels=8,
+        hop_length=4,
+        n_layers=2,
+        n_cycles=1,
+        residual_channels=4,
+        gate_channels=8,
+        skip_channels=4,
+        n_speakers=3,
+        speaker_channels=5,
+    )
+    feats = torch.randn(2, 8, 3)
+    a = model.condition(feats, torch.tensor([0, 1]))
+    assert a.shape == (2, 13, 12)
+    assert not torch.equal(a, model.condition(feats, torch.tensor([2, 1])))
+    with pytest.raises(ValueError, match="speaker"):
+        model.condition(feats)
