@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from wavflow.config import Recipe, recipe_from_dict, to_dict
+from wavflow.audio import check_features_match
+from wavflow.config import FeatureConfig, Recipe, recipe_from_dict, to_dict
 from wavflow.nn.conv import add_weight_norm, remove_weight_norm
 from wavflow.teacher import WaveNet
 
@@ -139,3 +140,18 @@ def load_model(
 def speaker_count(recipe: Recipe, speakers: list[str]) -> int:
     """Speakers a model conditions on: all of them when `[data] speakers` and there are 2+."""
     return len(speakers) if recipe.data.speakers and len(speakers) > 1 else 0
+
+
+def load_teacher(path: str | Path, features: FeatureConfig) -> WaveNet:
+    """A frozen teacher for distillation, its mel settings checked against `features`.
+
+    Raises:
+        CheckpointError: not a teacher checkpoint; ValueError: feature settings differ.
+    """
+    model, recipe, state = load_model(path)
+    if state["kind"] != "teacher":
+        raise CheckpointError(f"{path}: holds a {state['kind']}, not a teacher")
+    check_features_match(features, recipe.features, f"teacher checkpoint {path}")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model

@@ -214,21 +214,50 @@ class TrainConfig:
         )
 
 
+KL_ESTIMATORS = ("auto", "closed_form", "per_step", "sample")
+LOSS_NAMES = ("kl", "stft", "power", "contrastive", "log_scale")
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Distillation losses (`[distill]`).
 
     Attributes:
-        weights: loss weight per named term ("kl", "stft", "power", "contrastive", ...).
-        kl_samples: samples per timestep for the low-variance IAF cross-entropy.
+        weights: loss weight per named term, of `LOSS_NAMES`; a missing name is not computed.
+        kl_estimator: "auto" (closed form for a Gaussian IAF student of a Gaussian teacher,
+            per-step for other IAF students, sample-based for coupling students), "closed_form",
+            "per_step" (Parallel WaveNet's low-variance form) or "sample".
+        kl_samples: samples per timestep for the per-step cross-entropy.
         skip_receptive_field: leave the teacher's first receptive-field steps out of the KL.
         log_scale_min: clamp on student log-scales inside the KL.
+        stft_resolutions: [n_fft, hop, win] of each multi-resolution STFT loss term.
     """
 
     weights: dict[str, float] = field(default_factory=lambda: {"kl": 1.0, "stft": 1.0})
+    kl_estimator: str = "auto"
     kl_samples: int = 4
     skip_receptive_field: bool = True
     log_scale_min: float = -7.0
+    stft_resolutions: list[list[int]] = field(
+        default_factory=lambda: [[1024, 256, 1024], [2048, 512, 2048], [512, 128, 512]]
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            "distill",
+            [
+                (
+                    self.kl_estimator in KL_ESTIMATORS,
+                    f"kl_estimator must be one of {KL_ESTIMATORS}",
+                ),
+                (self.kl_samples >= 1, "kl_samples must be >= 1"),
+                (
+                    all(len(r) == 3 for r in self.stft_resolutions),
+                    "stft_resolutions: [n_fft, hop, win] each",
+                ),
+                (set(self.weights) <= set(LOSS_NAMES), f"weights: known losses are {LOSS_NAMES}"),
+            ],
+        )
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ All metrics take waveforms (B, 1, T) or (B, T) in [-1, 1] and return floats.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -75,3 +76,117 @@ def mel_figure(real: Tensor, fake: Tensor, features: FeatureConfig) -> plt.Figur
     axes[-1].set_xlabel("frame")
     figure.tight_layout()
     return figure
+
+
+@torch.no_grad()
+def sample_metrics(fake: Tensor, real: Tensor, features: FeatureConfig) -> dict[str, float]:
+    """Spectral distances of generated audio to the real audio it was conditioned on."""
+    return {
+        "log_mel_db": log_mel_distance(fake, real, features),
+        "mcd_db": mel_cepstral_distortion(fake, real, features),
+    }
+
+
+@torch.no_grad()
+def distillation_metrics(
+    student: nn.Module, teacher: WaveNet, batch: dict, features: FeatureConfig, seed: int = 0
+) -> dict[str, float]:
+    """KL(student || teacher) per sample (exact student density), the teacher's NLL of the
+    student's samples, and the samples' spectral distances to the real audio."""
+    generator = torch.Generator(device=batch["audio"].device).manual_seed(seed)
+    cond = student.condition(batch["feats"], batch["speaker"])
+    x, log_q = student.rsample_and_log_prob(cond, generator=generator)
+    log_p = teacher.log_prob(x, teacher.condition(batch["feats"], batch["speaker"]))
+    length = x.shape[-1]
+    return {
+        "kl": float(((log_q - log_p) / length).mean()),
+        "teacher_nll_of_student": float((-log_p / length).mean()),
+        **sample_metrics(x, batch["audio"], features),
+    }
+
+
+def validation_clips(data_dir: Path, features: FeatureConfig, n_clips: int, seconds: float) -> dict:
+    """A batch of the first `n_clips` validation utterances, cut to `seconds` from their middle
+    (shorter ones are dropped): audio (N, 1, T), feats (N, n_mels, T / hop), speaker (N,)."""
+    from wavflow.data import PreparedData, SegmentDataset
+
+    segment = max(1, int(seconds * features.sample_rate) // features.hop_length)
+    prepared = PreparedData(data_dir, expected=features)
+    dataset = SegmentDataset(prepared, "val", segment * features.hop_length, random_crops=False)
+    long_enough = [i for i, r in enumerate(dataset.records) if r["frames"] >= segment]
+    items = [dataset[i] for i in long_enough[:n_clips]]
+    if not items:
+        raise ValueError(f"{data_dir}: no validation utterance is {seconds} s long; use less")
+    return {
+        "audio": torch.stack([item["audio"] for item in items]),
+        "feats": torch.stack([item["feats"] for item in items]),
+        "speaker": torch.tensor([item["speaker"] for item in items]),
+    }
+
+
+@torch.no_grad()
+def evaluate_checkpoint(
+    checkpoint: Path,
+    data_dir: Path,
+    teacher_path: Path | None = None,
+    n_clips: int = 4,
+    seconds: float = 1.0,
+    nll_seconds: float = 0.1,
+    seed: int = 0,
+) -> dict:
+    """Metrics of a teacher or student checkpoint on validation clips (see `wavflow evaluate`).
+
+    Returns a dict with the model's kind, its NLL where defined (nats per sample), and for the
+    teacher's sequential samples ("teacher_samples") and the student's parallel samples
+    ("student_samples"): log-mel distance and MCD to the real audio (dB), and for students the
+    KL to the teacher and the teacher's NLL of the student's samples.
+    """
+    from wavflow.checkpoint import load_model, load_teacher
+
+    model, recipe, state = load_model(checkpoint)
+    features = recipe.features
+    clips = validation_clips(data_dir, features, n_clips, seconds)
+    short = _shorten(clips, features, nll_seconds)
+    result: dict = {"checkpoint": str(checkpoint), "kind": state["kind"], "step": state["step"]}
+    if state["kind"] == "teacher":
+        teacher = model
+    else:
+        teacher_path = teacher_path or state.get("metadata", {}).get("teacher_checkpoint")
+        teacher = load_teacher(teacher_path, features) if teacher_path else None
+        result["student"] = recipe.student.kind
+    result["nll"] = _nll(model, short if state["kind"] == "student" else clips)
+    if teacher is not None:
+        result["teacher_nll_of_real"] = _nll(teacher, clips)
+        fake = generate_audio(
+            teacher, clips["feats"], clips["speaker"], generator=torch.Generator().manual_seed(seed)
+        )
+        result["teacher_samples"] = sample_metrics(fake, clips["audio"], features)
+    if state["kind"] == "student":
+        if teacher is not None:
+            result["student_samples"] = distillation_metrics(model, teacher, clips, features, seed)
+        else:
+            fake = generate_audio(
+                model,
+                clips["feats"],
+                clips["speaker"],
+                generator=torch.Generator().manual_seed(seed),
+            )
+            result["student_samples"] = sample_metrics(fake, clips["audio"], features)
+    return result
+
+
+def _nll(model: nn.Module, clips: dict) -> float:
+    """Mean negative log-density of the real clips, nats per sample."""
+    cond = model.condition(clips["feats"], clips["speaker"])
+    return float((-model.log_prob(clips["audio"], cond) / clips["audio"].shape[-1]).mean())
+
+
+def _shorten(clips: dict, features: FeatureConfig, seconds: float) -> dict:
+    """The first `seconds` of each clip (at least one frame): the IAF's density of real audio
+    runs its sequential inverse, so it is evaluated on short clips."""
+    frames = max(1, int(seconds * features.sample_rate) // features.hop_length)
+    return {
+        "audio": clips["audio"][..., : frames * features.hop_length],
+        "feats": clips["feats"][..., :frames],
+        "speaker": clips["speaker"],
+    }

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from wavflow.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from wavflow.config import FeatureConfig, Recipe, TrainConfig, dumps_toml, recipe_from_dict, to_dict
 from wavflow.data import PreparedData, SegmentDataset, StepBatchSampler
-from wavflow.evaluation import generate_audio, mel_figure
+from wavflow.evaluation import distillation_metrics, generate_audio, mel_figure
 
 
 class TrainingError(RuntimeError):
@@ -46,6 +46,7 @@ class Objective:
         validate: (model, batches) -> named validation metrics; `best_metric` picks `best.pt`.
         best_metric: the validation metric to minimise.
         media: optional (model, batch, writer, step) hook for TensorBoard audio and images.
+        metadata: plain data saved in every checkpoint (e.g. the teacher a student came from).
     """
 
     kind: str
@@ -55,6 +56,7 @@ class Objective:
     validate: Callable[[nn.Module, list[dict[str, Any]]], dict[str, float]]
     best_metric: str = "val/nll"
     media: Callable[[nn.Module, dict[str, Any], SummaryWriter, int], None] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -341,6 +343,7 @@ def _save(
             bad_steps=state.bad_steps,
             skipped_steps=state.skipped_steps,
             rng=rng,
+            metadata=objective.metadata,
         ),
     )
 
@@ -471,3 +474,29 @@ def log_media(
     writer.add_audio("audio/real", real[0, 0].float().cpu().clamp(-1, 1), step, rate)
     writer.add_audio("audio/generated", fake[0, 0].float().cpu().clamp(-1, 1), step, rate)
     writer.add_figure("mel/real_vs_generated", mel_figure(real, fake, features), step)
+
+
+def distillation_objective(
+    student: nn.Module, teacher: nn.Module, recipe: Recipe, teacher_path: str = ""
+) -> Objective:
+    """Distil `student` from the frozen `teacher` with the `[distill]` losses."""
+    from wavflow.distill import DistillLoss
+
+    def validate(model: nn.Module, batches: list[dict[str, Any]]) -> dict[str, float]:
+        rows = [distillation_metrics(model, teacher, b, recipe.features) for b in batches]
+        return _mean_dict(rows)
+
+    def media(model: nn.Module, batch: dict[str, Any], writer: SummaryWriter, step: int) -> None:
+        log_media(model, batch, writer, step, recipe.features)
+
+    loss = DistillLoss(student, teacher, recipe.distill)
+    return Objective(
+        "student",
+        student,
+        loss,
+        recipe.distill.weights,
+        validate,
+        "val/kl",
+        media,
+        {"teacher_checkpoint": teacher_path},
+    )
