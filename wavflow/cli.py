@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_train_student(commands)
     _add_synthesize(commands)
     _add_evaluate(commands)
+    _add_bench(commands)
     _add_demo(commands)
     return parser
 
@@ -338,6 +339,54 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "bench",
+        help="benchmark sequential (teacher) against parallel (student) generation",
+        description="Time the teacher's naive and cached sequential generation and each student's "
+        "parallel synthesis, with random weights at recipe sizes, on the same mels in one "
+        "process. Writes bench.json, bench.md (table) and bench.png (plots) to --out.",
+    )
+    command.add_argument("--out", type=Path, required=True, help="output folder")
+    command.add_argument("--lengths", help="audio lengths in seconds, e.g. 0.25,1,4")
+    command.add_argument("--batch", help="batch sizes, e.g. 1,8")
+    command.add_argument("--dtype", help="dtypes: fp32, bf16 or fp32,bf16")
+    command.add_argument(
+        "--methods",
+        help="comma-separated subset of teacher-naive, teacher-cached, iaf, waveglow, flowavenet, "
+        "squeezewave",
+    )
+    command.add_argument("--repeats", type=int, help="timed repeats per configuration (median)")
+    command.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
+    command.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    command.add_argument(
+        "--quick", action="store_true", help="short lengths, batch 1, fp32: about a minute"
+    )
+    command.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from wavflow.benchmark import DEFAULT, QUICK, run_benchmark
+
+    settings = QUICK if args.quick else DEFAULT
+    changes = {"device": args.device, "threads": args.threads}
+    if args.lengths:
+        changes["lengths"] = [float(v) for v in args.lengths.split(",")]
+    if args.batch:
+        changes["batches"] = [int(v) for v in args.batch.split(",")]
+    if args.dtype:
+        changes["dtypes"] = args.dtype.split(",")
+    if args.methods:
+        changes["methods"] = args.methods.split(",")
+    if args.repeats:
+        changes["repeats"] = args.repeats
+    run_benchmark(dataclasses.replace(settings, **changes), args.out)
+    print((args.out / "bench.md").read_text())
     return 0
 
 

@@ -101,6 +101,7 @@ class WaveNet(nn.Module):
         generator: torch.Generator | None = None,
         lengths: Tensor | None = None,
         noise: Tensor | None = None,
+        weight_dtype: torch.dtype | None = None,
     ) -> Tensor:
         """Sample audio one step at a time.
 
@@ -112,6 +113,8 @@ class WaveNet(nn.Module):
             generator: RNG for the noise; the same seed gives the same samples for both methods.
             lengths: (B,) samples to generate per item (default T); later samples are 0.
             noise: pre-drawn noise (B, head.noise_channels, T) instead of `generator`.
+            weight_dtype: storage dtype of the cached path's weights (e.g. torch.bfloat16 to
+                halve their memory traffic; activations stay float32); None: the model's.
 
         Returns:
             (B, 1, T) float waveform in [-1, 1].

@@ -1,0 +1,462 @@
+"""`wavflow bench`: sequential teacher against parallel students, same mels, one process.
+
+Every model runs with random weights at its recipe (published) size, weight norm folded, in
+`torch.inference_mode`. Each (method, length, batch, dtype) is warmed up once, then timed
+`repeats` times; the median is reported with samples/s, real-time factor (seconds of compute per
+second of audio), speed-ups over the teacher's naive and cached paths measured in the same run,
+FLOPs per sample (counted with `torch.utils.flop_counter` on the parallel pass), achieved FLOP/s
+against this machine's ceiling (a matmul and a convolution probe), and peak memory.
+
+The naive teacher costs a whole receptive-field pass per sample, so it is timed on at most
+`naive_seconds` of audio and its rate (constant per sample) extrapolated to longer lengths;
+such rows say "extrapolated".
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from wavflow.config import FeatureConfig, TeacherConfig
+from wavflow.flows import STUDENTS, build_student
+from wavflow.nn.conv import remove_weight_norm
+from wavflow.teacher import WaveNet
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BENCH_FEATURES = FeatureConfig(sample_rate=22050, n_fft=1024, hop_length=256, win_length=1024)
+STUDENT_PRESETS = {
+    "iaf": "parallel_wavenet",
+    "waveglow": "waveglow",
+    "flowavenet": "flowavenet",
+    "squeezewave": "squeezewave",
+}
+
+
+@dataclass
+class BenchRow:
+    """One measured (or extrapolated) configuration."""
+
+    method: str
+    seconds_of_audio: float
+    batch: int
+    dtype: str
+    median_s: float
+    samples_per_s: float
+    real_time_factor: float
+    flops_per_sample: float
+    achieved_gflops: float
+    peak_memory_mb: float
+    extrapolated: bool = False
+    speedup_vs_naive: float | None = None
+    speedup_vs_cached: float | None = None
+    quality_log_mel_db_vs_fp32: float | None = None
+
+
+def bench_models(settings: BenchSettings) -> dict[str, nn.Module]:
+    """Random-weight models: the teacher at `TeacherConfig` defaults (24 layers, 4 cycles,
+    128/256/128, mixture of logistics) updated by `teacher_sizes`, and each student at its
+    preset (the published sizes by default)."""
+    models: dict[str, nn.Module] = {}
+    torch.manual_seed(0)
+    if any(m.startswith("teacher") for m in settings.methods):
+        sizes = asdict(TeacherConfig()) | settings.teacher_sizes
+        models["teacher"] = WaveNet(BENCH_FEATURES.n_mels, BENCH_FEATURES.hop_length, **sizes)
+    for name in settings.methods:
+        if name in STUDENTS:
+            preset = STUDENTS[name].PRESETS[settings.student_presets[name]]
+            models[name] = build_student(
+                name, BENCH_FEATURES.n_mels, BENCH_FEATURES.hop_length, **preset
+            )
+    for model in models.values():
+        _randomise_zero_layers(model)
+        remove_weight_norm(model.eval())
+    return models
+
+
+def _randomise_zero_layers(model: nn.Module) -> None:
+    """Zero-initialised output convs make a new flow the identity; give them small random
+    weights so timings exercise the real arithmetic (and no layer is skipped as trivial)."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.abs().sum():
+                parameter.normal_(0.0, 0.01)
+
+
+def _runner(method: str, model: nn.Module, dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+    """A function from mels (B, n_mels, F) to audio for `method` in `dtype`."""
+    if method.startswith("teacher"):
+        generation = method.split("-", 1)[1]
+        weights = dtype if generation == "cached" else None
+
+        def teacher(feats: Tensor) -> Tensor:
+            cond = model.condition(feats)
+            generator = torch.Generator().manual_seed(0)
+            return model.generate(cond, generation, generator=generator, weight_dtype=weights)
+
+        return teacher
+    model = model.to(dtype)
+
+    def student(feats: Tensor) -> Tensor:
+        cond = model.condition(feats.to(dtype))
+        return model.sample(cond, generator=torch.Generator().manual_seed(0))
+
+    return student
+
+
+class PeakMemory:
+    """Peak resident memory growth (MB) during a block: CUDA allocator or /proc VmRSS sampling."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak_mb, self._stop = device, 0.0, threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        self._start = _rss_mb()
+        self._peak = self._start
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self._peak = max(self._peak, _rss_mb())
+
+    def __exit__(self, *_: object) -> None:
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak_mb = (peak - self._start) / 2**20
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self._peak, _rss_mb()) - self._start
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def time_call(
+    function: Callable[[], Tensor], repeats: int, device: torch.device
+) -> tuple[list[float], Tensor, float]:
+    """Warm up once, then time `repeats` calls (synchronising on CUDA).
+
+    Returns:
+        (seconds per call, the last output, peak memory growth in MB over the timed calls).
+    """
+    output = function()
+    times = []
+    with PeakMemory(device) as memory:
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            output = function()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    return times, output, memory.peak_mb
+
+
+def flops_per_sample(method: str, model: nn.Module, feats: Tensor) -> float:
+    """FLOPs of generating one sample, counted on the parallel pass (for the teacher: one
+    teacher-forced pass, the same arithmetic the cached path does per step; the naive path does
+    a receptive field's worth of it per sample)."""
+    counter = FlopCounterMode(display=False)
+    feats = feats.to(next(model.parameters()).dtype)
+    samples = feats.shape[0] * feats.shape[-1] * BENCH_FEATURES.hop_length
+    with counter, torch.inference_mode():
+        if method.startswith("teacher"):
+            cond = model.condition(feats)
+            model(cond.new_zeros(feats.shape[0], 1, cond.shape[-1]), cond)
+        else:
+            model.sample(model.condition(feats))
+    flops = counter.get_total_flops() / samples
+    if method == "teacher-naive":
+        flops *= model.receptive_field
+    return flops
+
+
+def machine_ceiling(dtype: torch.dtype, device: torch.device) -> dict[str, float]:
+    """GFLOP/s of a large matmul and of a wide 1-D convolution in `dtype`."""
+    a = torch.randn(1024, 1024, device=device, dtype=dtype)
+    x = torch.randn(1, 256, 16384, device=device, dtype=dtype)
+    w = torch.randn(512, 256, 3, device=device, dtype=dtype)
+    matmul, _, _ = time_call(lambda: a @ a, 5, device)
+    conv, _, _ = time_call(lambda: torch.nn.functional.conv1d(x, w, padding=1), 5, device)
+    return {
+        "matmul_gflops": 2 * 1024**3 / statistics.median(matmul) / 1e9,
+        "conv_gflops": 2 * 512 * 256 * 3 * 16384 / statistics.median(conv) / 1e9,
+    }
+
+
+@dataclass
+class BenchSettings:
+    """What `wavflow bench` measures."""
+
+    lengths: list[float]
+    batches: list[int]
+    dtypes: list[str]
+    methods: list[str]
+    repeats: int = 3
+    naive_seconds: float = 0.01
+    device: str = "cpu"
+    threads: int = 0
+    teacher_sizes: dict = field(default_factory=dict)
+    student_presets: dict = field(default_factory=lambda: dict(STUDENT_PRESETS))
+
+    def __post_init__(self) -> None:
+        known = ["teacher-naive", "teacher-cached", *STUDENTS]
+        for method in self.methods:
+            if method not in known:
+                raise ValueError(f"unknown bench method '{method}': use {', '.join(known)}")
+        for dtype in self.dtypes:
+            if dtype not in DTYPES:
+                raise ValueError(f"unknown dtype '{dtype}': use {', '.join(DTYPES)}")
+        if not self.lengths or not self.batches or min(self.lengths) <= 0:
+            raise ValueError("bench lengths and batch sizes must be positive")
+
+
+QUICK = BenchSettings(
+    lengths=[0.1, 0.25],
+    batches=[1],
+    dtypes=["fp32"],
+    methods=["teacher-naive", "teacher-cached", "iaf", "waveglow", "flowavenet"],
+    repeats=2,
+    naive_seconds=0.005,
+)
+DEFAULT = BenchSettings(
+    lengths=[0.25, 1.0, 4.0],
+    batches=[1, 8],
+    dtypes=["fp32", "bf16"],
+    methods=["teacher-naive", "teacher-cached", "iaf", "waveglow", "flowavenet"],
+)
+
+
+def run_benchmark(settings: BenchSettings, out_dir: Path, progress: bool = True) -> dict:
+    """Measure every configuration; write bench.json, bench.md and bench.png to `out_dir`."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = torch.device(settings.device)
+    methods = settings.methods
+    models = {k: v.to(device) for k, v in bench_models(settings).items()}
+    rows: list[BenchRow] = []
+    reference: dict[tuple[float, int], Tensor] = {}
+    for dtype_name in settings.dtypes:
+        dtype = DTYPES[dtype_name]
+        for method in methods:
+            if method == "teacher-naive" and dtype_name != "fp32":
+                continue
+            model = models["teacher" if method.startswith("teacher") else method]
+            run = _runner(method, model, dtype)
+            for batch in settings.batches:
+                rows += _measure_lengths(
+                    method, model, run, batch, dtype_name, settings, device, reference, progress
+                )
+            if not method.startswith("teacher"):
+                model.to(torch.float32)
+    _add_speedups(rows)
+    result = {
+        "torch": torch.__version__,
+        "device": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "ceiling": {name: machine_ceiling(DTYPES[name], device) for name in settings.dtypes},
+        "settings": asdict(settings),
+        "rows": [asdict(row) for row in rows],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
+    (out_dir / "bench.md").write_text(markdown_table(result))
+    plot_benchmark(result, out_dir / "bench.png")
+    return result
+
+
+def _measure_lengths(method, model, run, batch, dtype_name, settings, device, reference, progress):
+    rows = []
+    flops = None
+    naive_rate = None
+    for seconds in settings.lengths:
+        frames = max(1, round(seconds * BENCH_FEATURES.sample_rate / BENCH_FEATURES.hop_length))
+        feats = torch.randn(
+            batch, BENCH_FEATURES.n_mels, frames, generator=torch.Generator().manual_seed(1)
+        ).to(device)
+        samples = batch * frames * BENCH_FEATURES.hop_length
+        if flops is None:
+            flops = flops_per_sample(method, model, feats[:1, :, : min(frames, 8)].float())
+        if method == "teacher-naive":
+            if naive_rate is None:
+                short = max(
+                    1,
+                    round(
+                        settings.naive_seconds
+                        * BENCH_FEATURES.sample_rate
+                        / BENCH_FEATURES.hop_length
+                    ),
+                )
+                times, _, memory = time_call(
+                    lambda f=feats, n=short: run(f[:, :, :n]), settings.repeats, device
+                )
+                naive_rate = batch * short * BENCH_FEATURES.hop_length / statistics.median(times)
+            median = samples / naive_rate
+            extrapolated = True
+        else:
+            times, output, memory = time_call(lambda f=feats: run(f), settings.repeats, device)
+            median, extrapolated = statistics.median(times), False
+        row = BenchRow(
+            method=method,
+            seconds_of_audio=frames * BENCH_FEATURES.hop_length / BENCH_FEATURES.sample_rate,
+            batch=batch,
+            dtype=dtype_name,
+            median_s=median,
+            samples_per_s=samples / median,
+            real_time_factor=median / (samples / BENCH_FEATURES.sample_rate),
+            flops_per_sample=flops,
+            achieved_gflops=flops * samples / median / 1e9,
+            peak_memory_mb=memory,
+            extrapolated=extrapolated,
+        )
+        if not extrapolated and not method.startswith("teacher"):
+            key = (method, seconds, batch)
+            if dtype_name == "fp32":
+                reference[key] = output.float()
+            elif key in reference:
+                from wavflow.evaluation import log_mel_distance
+
+                row.quality_log_mel_db_vs_fp32 = log_mel_distance(
+                    output.float(), reference[key], BENCH_FEATURES
+                )
+        if progress:
+            print(
+                f"  {method:16s} {dtype_name} batch {batch:2d} {row.seconds_of_audio:5.2f} s: "
+                f"RTF {row.real_time_factor:8.3f}  {row.samples_per_s:10.0f} samples/s"
+                + ("  (extrapolated)" if extrapolated else ""),
+                flush=True,
+            )
+        rows.append(row)
+    return rows
+
+
+def _add_speedups(rows: list[BenchRow]) -> None:
+    """Speed-up of every row over the fp32 teacher rows of the same length and batch."""
+
+    def rate(method: str, row: BenchRow) -> float | None:
+        for other in rows:
+            if (other.method, other.dtype, other.batch) == (method, "fp32", row.batch) and abs(
+                other.seconds_of_audio - row.seconds_of_audio
+            ) < 1e-6:
+                return other.samples_per_s
+        return None
+
+    for row in rows:
+        naive, cached = rate("teacher-naive", row), rate("teacher-cached", row)
+        row.speedup_vs_naive = row.samples_per_s / naive if naive else None
+        row.speedup_vs_cached = row.samples_per_s / cached if cached else None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def markdown_table(result: dict) -> str:
+    """bench.md: one row per measurement, then the machine ceiling."""
+    lines = [
+        f"torch {result['torch']}, {result['device']}, {result['threads']} threads",
+        "",
+        "| method | dtype | batch | audio (s) | median (s) | samples/s | RTF | x naive | x cached "
+        "| MFLOP/sample | GFLOP/s | peak MB | log-mel dB vs fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+
+        def fmt(value, spec):
+            return "-" if value is None else format(value, spec)
+
+        lines.append(
+            f"| {row['method']}{' (extrapolated)' if row['extrapolated'] else ''} | {row['dtype']} "
+            f"| {row['batch']} | {row['seconds_of_audio']:.2f} | {row['median_s']:.3f} "
+            f"| {row['samples_per_s']:.0f} | {row['real_time_factor']:.3f} "
+            f"| {fmt(row['speedup_vs_naive'], '.1f')} | {fmt(row['speedup_vs_cached'], '.2f')} "
+            f"| {row['flops_per_sample'] / 1e6:.2f} | {row['achieved_gflops']:.1f} "
+            f"| {row['peak_memory_mb']:.0f} | {fmt(row['quality_log_mel_db_vs_fp32'], '.3f')} |"
+        )
+    lines.append("")
+    for name, ceiling in result["ceiling"].items():
+        lines.append(
+            f"Machine ceiling ({name}): matmul {ceiling['matmul_gflops']:.0f} GFLOP/s, "
+            f"convolution {ceiling['conv_gflops']:.0f} GFLOP/s."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_benchmark(result: dict, path: Path) -> None:
+    """bench.png: time against audio length per method (log-log, batch 1, first dtype), and
+    samples/s against batch size (longest length)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    dtype = result["settings"]["dtypes"][0]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        ours = [r for r in rows if r["method"] == method and r["dtype"] == dtype]
+        first = [r for r in ours if r["batch"] == min(x["batch"] for x in ours)]
+        style = "--" if any(r["extrapolated"] for r in first) else "-"
+        left.plot(
+            [r["seconds_of_audio"] for r in first],
+            [r["median_s"] for r in first],
+            style,
+            marker="o",
+            label=method,
+        )
+        longest = max(r["seconds_of_audio"] for r in ours)
+        at_longest = sorted(
+            (r for r in ours if r["seconds_of_audio"] == longest), key=lambda r: r["batch"]
+        )
+        right.plot(
+            [r["batch"] for r in at_longest],
+            [r["samples_per_s"] for r in at_longest],
+            style,
+            marker="o",
+            label=method,
+        )
+    left.set(
+        xscale="log",
+        yscale="log",
+        xlabel="audio length (s)",
+        ylabel="time (s)",
+        title=f"generation time, batch 1, {dtype} (dashed: extrapolated)",
+    )
+    right.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size",
+        ylabel="samples / s",
+        title="throughput against batch size",
+    )
+    for axis in (left, right):
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
