@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_synthesize(commands)
     _add_evaluate(commands)
     _add_bench(commands)
+    _add_export(commands)
     _add_demo(commands)
     return parser
 
@@ -262,30 +263,49 @@ def _add_synthesize(commands: argparse._SubParsersAction) -> None:
         default="cached",
         help="teacher generation: cached queues (fast) or the naive window (reference)",
     )
-    command.add_argument("--temperature", type=float, default=1.0, help="noise scale (default 1)")
+    command.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="noise scale (default 1; 0 gives the mean path where one exists)",
+    )
     command.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     command.add_argument(
         "--batch-size", type=int, default=8, help="utterances per batch (default 8)"
     )
     command.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     command.add_argument("--no-ema", action="store_true", help="use raw weights, not the EMA")
+    command.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="students: compute dtype; teacher: dtype of the cached path's weights",
+    )
+    command.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=10.0,
+        help="students synthesise longer inputs in overlapping chunks of this length (default 10)",
+    )
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
     command.set_defaults(run=_run_synthesize)
 
 
 def _run_synthesize(args: argparse.Namespace) -> int:
-    from wavflow.synthesis import synthesize_files
+    from wavflow.synthesis import SynthesisOptions, synthesize_files
 
-    report = synthesize_files(
-        args.checkpoint,
-        args.inputs,
-        args.out,
+    options = SynthesisOptions(
         method=args.method,
         temperature=args.temperature,
         seed=args.seed,
         batch_size=args.batch_size,
         device=args.device,
+        dtype=args.dtype,
+        chunk_seconds=args.chunk_seconds,
         use_ema=not args.no_ema,
+        progress=not args.quiet,
     )
+    report = synthesize_files(args.checkpoint, args.inputs, args.out, options)
     print(f"wrote {len(report.written)} files to {args.out}")
     for name, reason in report.failed:
         print(f"  failed: {name}: {reason}", file=sys.stderr)
@@ -387,6 +407,26 @@ def _run_bench(args: argparse.Namespace) -> int:
         changes["repeats"] = args.repeats
     run_benchmark(dataclasses.replace(settings, **changes), args.out)
     print((args.out / "bench.md").read_text())
+    return 0
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "export",
+        help="export a student to TorchScript for deployment",
+        description="Trace a student checkpoint's sampling path to a TorchScript file that "
+        "torch.jit.load runs without wavflow: inputs (feats (B, n_mels, F), noise z "
+        "(B, 1, F * hop)), output audio (B, F * hop).",
+    )
+    command.add_argument("--checkpoint", type=Path, required=True, help="student checkpoint")
+    command.add_argument("--out", type=Path, required=True, help="TorchScript file to write")
+    command.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from wavflow.synthesis import export_student
+
+    print(f"wrote {export_student(args.checkpoint, args.out)}")
     return 0
 
 

@@ -1,0 +1,191 @@
+"""Batch synthesis: inputs and failures, chunking, dtypes, TorchScript export."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from wavflow.checkpoint import build_student, build_teacher, checkpoint_state, save_checkpoint
+from wavflow.cli import main
+from wavflow.config import load_recipe
+from wavflow.synthesis import SynthesisOptions, export_student, vocode
+
+TINY_STUDENTS = {
+    "iaf": [
+        'student.kind="iaf"',
+        "student.iaf.flow_layers=[2, 2]",
+        "student.iaf.channels=8",
+        "student.iaf.layers_per_cycle=2",
+    ],
+    "waveglow": [
+        'student.kind="waveglow"',
+        "student.waveglow.n_flows=2",
+        "student.waveglow.n_layers=2",
+        "student.waveglow.channels=8",
+        "student.waveglow.group=4",
+        "student.waveglow.early_every=4",
+    ],
+}
+
+
+def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    return model
+
+
+def _save(tmp_path, kind: str, recipe, model) -> str:
+    path = tmp_path / f"{kind}.pt"
+    save_checkpoint(path, checkpoint_state(kind, recipe, model, ["spk0"], step=0))
+    return str(path)
+
+
+@pytest.fixture
+def teacher_checkpoint(tmp_path, tiny_recipe):
+    torch.manual_seed(0)
+    return _save(tmp_path, "teacher", tiny_recipe, _perturbed(build_teacher(tiny_recipe)))
+
+
+def _student(kind: str, tmp_path):
+    recipe = load_recipe(
+        None,
+        TINY_STUDENTS[kind]
+        + [
+            "features.n_mels=20",
+            "features.hop_length=64",
+            "features.n_fft=256",
+            "features.win_length=256",
+        ],
+    )
+    torch.manual_seed(0)
+    model = _perturbed(build_student(recipe))
+    return recipe, model, _save(tmp_path, "student", recipe, model)
+
+
+def test_synthesize_audio_and_mels_reporting_bad_inputs(
+    teacher_checkpoint, corpus_dir, tmp_path, tiny_recipe, capsys
+):
+    wav = sorted(corpus_dir.rglob("*.wav"))[0]
+    inputs = tmp_path / "inputs"
+    (inputs / "sub").mkdir(parents=True)
+    np.save(inputs / "sub" / "mel.npy", np.random.default_rng(0).normal(-4, 1, (20, 6)))
+    np.save(inputs / "wrong_bands.npy", np.zeros((40, 6)))
+    (inputs / "corrupt.wav").write_bytes(b"nonsense")
+    short = tmp_path / "clip.wav"
+    sf.write(short, sf.read(wav)[0][:640], 16000)
+    code = main(
+        [
+            "synthesize",
+            "--checkpoint",
+            teacher_checkpoint,
+            str(inputs),
+            str(short),
+            str(tmp_path / "missing.wav"),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    for name in ["wrong_bands.npy", "corrupt.wav", "missing.wav"]:
+        assert name in err
+    assert "expected a mel of shape (20, frames)" in err
+    written = sf.read(tmp_path / "out" / "sub" / "mel.wav")[0]
+    assert len(written) == 6 * 64 and np.abs(written).max() > 0
+    assert len(sf.read(tmp_path / "out" / "clip.wav")[0]) == 640 // 64 * 64
+
+
+def test_teacher_batches_of_different_lengths_match_single_items(teacher_checkpoint, tiny_recipe):
+    from wavflow.checkpoint import load_model
+
+    model, recipe, _ = load_model(teacher_checkpoint)
+    feats = torch.randn(2, 20, 5)
+    options = SynthesisOptions(temperature=0.0)
+    both = vocode(model, feats, recipe.features, options, frames=[5, 3])
+    alone = vocode(model, feats[1:], recipe.features, options)  # the same conditioning
+    assert torch.allclose(both[1, : 3 * 64], alone[0, : 3 * 64], atol=1e-5)
+    assert both[1, 3 * 64 :].abs().sum() == 0
+
+
+@pytest.mark.parametrize(("kind", "tolerance"), [("iaf", 1e-4), ("waveglow", 0.05)])
+def test_chunked_synthesis_matches_unchunked(kind, tolerance, tmp_path):
+    recipe, model, _ = _student(kind, tmp_path)
+    model.eval()
+    feats = torch.randn(1, 20, 64)
+    whole = vocode(
+        model,
+        feats,
+        recipe.features,
+        SynthesisOptions(chunk_seconds=10.0),
+        torch.Generator().manual_seed(1),
+    )
+    chunked = vocode(
+        model,
+        feats,
+        recipe.features,
+        SynthesisOptions(chunk_seconds=0.05, max_context_seconds=0.05),
+        torch.Generator().manual_seed(1),
+    )
+    assert whole.shape == chunked.shape == (1, 64 * 64)
+    relative = float((whole - chunked).abs().max() / whole.abs().max())
+    assert relative < tolerance
+
+
+def test_bf16_students_stay_close_to_fp32(tmp_path):
+    from wavflow.synthesis import prepare_for_inference
+
+    recipe, model, _ = _student("iaf", tmp_path)
+    feats = torch.randn(1, 20, 32)
+    full = vocode(
+        prepare_for_inference(model, "fp32", torch.device("cpu")),
+        feats,
+        recipe.features,
+        SynthesisOptions(),
+        torch.Generator().manual_seed(0),
+    )
+    half_model = prepare_for_inference(model, "bf16", torch.device("cpu"))
+    half = vocode(
+        half_model,
+        feats,
+        recipe.features,
+        SynthesisOptions(dtype="bf16"),
+        torch.Generator().manual_seed(0),
+    )
+    assert half.dtype == torch.bfloat16
+    assert float((half.float() - full).norm() / full.norm()) < 0.02
+
+
+@pytest.mark.parametrize("kind", ["iaf", "waveglow"])
+def test_exported_student_runs_without_wavflow(kind, tmp_path):
+    recipe, model, checkpoint = _student(kind, tmp_path)
+    path = export_student(checkpoint, tmp_path / "student.ts", example_seconds=0.05)
+    feats, z = torch.randn(2, 20, 24), torch.randn(2, 1, 24 * 64)
+    torch.save({"feats": feats, "z": z}, tmp_path / "inputs.pt")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.modules["wavflow"] = None  # importing wavflow now fails
+        module = torch.jit.load({str(path)!r})
+        data = torch.load({str(tmp_path / "inputs.pt")!r})
+        torch.save(module(data["feats"], data["z"]), {str(tmp_path / "out.pt")!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    from wavflow.checkpoint import load_model
+
+    reference, _, _ = load_model(checkpoint)
+    with torch.no_grad():
+        expected, _ = reference.flow(z, reference.condition(feats))
+    assert torch.allclose(torch.load(tmp_path / "out.pt"), expected[:, 0], atol=1e-5)
+
+
+def test_export_refuses_a_teacher(teacher_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="only students"):
+        export_student(teacher_checkpoint, tmp_path / "t.ts")
