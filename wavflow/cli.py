@@ -435,13 +435,21 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "demo",
         help="run the whole pipeline on the built-in corpus",
         description="The main job end to end on the built-in corpus: corpus -> prepare -> train "
-        "the teacher -> synthesise validation clips -> report. Uses recipes/demo.toml unless "
-        "--recipe is given.",
+        "the teacher -> distil the IAF and a coupling student -> evaluate -> synthesise "
+        "validation clips -> quick benchmark -> report. Uses recipes/demo.toml unless --recipe "
+        "is given; an interrupted demo continues where it stopped.",
     )
     _add_recipe_options(command, required=False)
     command.add_argument(
         "--out", type=Path, default=Path("demo"), help="output folder (default demo/)"
     )
+    command.add_argument(
+        "--student-seconds",
+        type=float,
+        default=150.0,
+        help="training time of each distilled student (default 150 s)",
+    )
+    command.add_argument("--no-bench", action="store_true", help="skip the quick benchmark")
     command.add_argument("--quiet", action="store_true", help="no progress bars")
     command.set_defaults(run=_run_demo)
 
@@ -449,7 +457,14 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from wavflow.demo import run_demo
 
-    run_demo(args.out, args.recipe, args.overrides, progress=not args.quiet)
+    run_demo(
+        args.out,
+        args.recipe,
+        args.overrides,
+        progress=not args.quiet,
+        student_seconds=args.student_seconds,
+        bench=not args.no_bench,
+    )
     return 0
 
 

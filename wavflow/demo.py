@@ -1,51 +1,86 @@
 """`wavflow demo`: the whole pipeline on the built-in corpus, with a short report at the end.
 
-Stages (each skipped when its output is already there, so an interrupted demo continues):
-corpus -> prepare -> teacher (maximum likelihood) -> synthesis of validation clips -> report.
+Stages, each skipped when its output is already there, so an interrupted demo continues:
+corpus -> prepare -> teacher (maximum likelihood) -> students distilled from the teacher (the
+IAF and the coupling students listed in `STUDENTS`) -> evaluation -> synthesis of a few
+validation clips -> quick benchmark -> report. The recipe's `[train]` budget applies to the
+teacher; each student gets `student_seconds` of training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
-from wavflow.checkpoint import build_teacher, load_model, speaker_count
+from wavflow.audio import save_audio
+from wavflow.benchmark import QUICK, run_benchmark
+from wavflow.checkpoint import build_student, build_teacher, load_teacher, speaker_count
 from wavflow.config import Recipe, load_recipe
 from wavflow.corpus import write_corpus
 from wavflow.data import PreparedData, prepare_dataset
-from wavflow.evaluation import generate_audio, log_mel_distance
-from wavflow.training import latest_checkpoint, likelihood_objective, train
+from wavflow.evaluation import evaluate_checkpoint, validation_clips
+from wavflow.synthesis import SynthesisOptions, vocode
+from wavflow.training import distillation_objective, likelihood_objective, train
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.toml"
+STUDENTS = ("iaf", "waveglow")
 N_CLIPS = 3
 CLIP_SECONDS = 1.0
 
 
 def run_demo(
-    out_dir: Path, recipe_path: Path | None = None, overrides: list[str] = (), progress: bool = True
-) -> dict:
+    out_dir: Path,
+    recipe_path: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    progress: bool = True,
+    student_seconds: float = 150.0,
+    bench: bool = True,
+) -> dict[str, Any]:
     """Run every stage into `out_dir`; returns (and writes `report.json`) the report."""
     recipe = load_recipe(recipe_path or DEFAULT_RECIPE, list(overrides))
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     data_dir = _stage("prepare", timings, lambda: _prepare(out_dir, recipe, progress))
-    teacher_ckpt = _stage(
-        "teacher", timings, lambda: _train_teacher(out_dir, recipe, data_dir, progress)
+    teacher = _stage(
+        "teacher", timings, lambda: _train(out_dir / "teacher", recipe, data_dir, progress)
     )
-    report = _stage(
-        "synthesis", timings, lambda: _evaluate_teacher(out_dir, teacher_ckpt, data_dir)
+    students = {}
+    for kind in STUDENTS:
+        student_recipe = _student_recipe(recipe, kind, student_seconds)
+        students[kind] = _stage(
+            kind,
+            timings,
+            lambda r=student_recipe, k=kind: _train(out_dir / k, r, data_dir, progress, teacher),
+        )
+    report: dict[str, Any] = {}
+    report["metrics"] = _stage(
+        "evaluate",
+        timings,
+        lambda: {
+            name: evaluate_checkpoint(
+                path, data_dir, teacher, n_clips=N_CLIPS, seconds=CLIP_SECONDS
+            )
+            for name, path in {"teacher": teacher, **students}.items()
+        },
     )
+    _stage("synthesis", timings, lambda: _write_clips(out_dir, data_dir, teacher, students))
+    if bench:
+        report["bench"] = _stage(
+            "bench", timings, lambda: run_benchmark(QUICK, out_dir / "bench", progress)
+        )
     report["seconds"] = timings
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    _print_report(report, out_dir)
+    print_report(report, out_dir)
     return report
 
 
-def _stage(name: str, timings: dict[str, float], work):
+def _stage(name: str, timings: dict[str, float], work: Callable[[], Any]) -> Any:
     print(f"== {name}", flush=True)
     start = time.monotonic()
     result = work()
@@ -61,64 +96,83 @@ def _prepare(out_dir: Path, recipe: Recipe, progress: bool) -> Path:
     return prepared
 
 
-def _train_teacher(out_dir: Path, recipe: Recipe, data_dir: Path, progress: bool) -> Path:
-    run = out_dir / "teacher"
+def _student_recipe(recipe: Recipe, kind: str, seconds: float) -> Recipe:
+    """The demo recipe for distilling student `kind` within `seconds`."""
+    student = dataclasses.replace(recipe.student, kind=kind)
+    train_cfg = dataclasses.replace(recipe.train, max_seconds=seconds)
+    return dataclasses.replace(recipe, student=student, train=train_cfg)
+
+
+def _train(
+    run: Path, recipe: Recipe, data_dir: Path, progress: bool, teacher: Path | None = None
+) -> Path:
+    """Train (or finish training) the teacher, or a student distilled from `teacher`."""
+    if (run / "done").is_file():
+        return run / "best.pt"
     speakers = PreparedData(data_dir, expected=recipe.features).speakers
+    n_speakers = speaker_count(recipe, speakers)
     torch.manual_seed(recipe.train.seed)
-    model = build_teacher(recipe, speaker_count(recipe, speakers))
-    objective = likelihood_objective("teacher", model, recipe.features)
-    finished = (run / "best.pt").is_file() and latest_checkpoint(run) is not None
-    if not finished or latest_checkpoint(run) is None:
-        train(objective, recipe, data_dir, run, resume=True, progress=progress, speakers=speakers)
+    if teacher is None:
+        objective = likelihood_objective(
+            "teacher", build_teacher(recipe, n_speakers), recipe.features
+        )
+    else:
+        frozen = load_teacher(teacher, recipe.features)
+        objective = distillation_objective(
+            build_student(recipe, n_speakers), frozen, recipe, str(teacher)
+        )
+    train(objective, recipe, data_dir, run, resume=True, progress=progress, speakers=speakers)
+    (run / "done").write_text("finished\n")
     return run / "best.pt"
 
 
-@torch.no_grad()
-def _evaluate_teacher(out_dir: Path, checkpoint: Path, data_dir: Path) -> dict:
-    """Synthesise a few validation clips with the teacher; log-mel distance to the real audio."""
-    model, recipe, state = load_model(checkpoint)
+def _write_clips(out_dir: Path, data_dir: Path, teacher: Path, students: dict[str, Path]) -> None:
+    """Real, teacher and student audio for the same validation clips."""
+    from wavflow.checkpoint import load_model
+
+    models = {"teacher": teacher, **students}
+    first, recipe, _ = load_model(teacher)
     features = recipe.features
-    prepared = PreparedData(data_dir, expected=features)
-    frames = int(CLIP_SECONDS * features.sample_rate) // features.hop_length
-    distances = []
-    for record in prepared.split("val")[:N_CLIPS]:
-        audio, mel = prepared.load(record)
-        feats = torch.from_numpy(np.array(mel[:, :frames]))[None]
-        real = torch.from_numpy(np.array(audio[: frames * features.hop_length]))[None, None]
-        generator = torch.Generator().manual_seed(0)
-        fake = generate_audio(model, feats, None, 1.0, generator)
-        distances.append(log_mel_distance(fake, real, features))
-        name = record["id"].replace("/", "_")
-        from wavflow.audio import save_audio
-
-        save_audio(out_dir / "samples" / "real" / f"{name}.wav", real[0, 0], features.sample_rate)
+    clips = validation_clips(data_dir, features, N_CLIPS, CLIP_SECONDS)
+    for index, audio in enumerate(clips["audio"]):
         save_audio(
-            out_dir / "samples" / "teacher" / f"{name}.wav", fake[0, 0], features.sample_rate
+            out_dir / "samples" / "real" / f"clip{index}.wav", audio[0], features.sample_rate
         )
-    history = [
-        json.loads(line) for line in (checkpoint.parent / "metrics.jsonl").read_text().splitlines()
-    ]
-    val = [h for h in history if "val/nll" in h]
-    return {
-        "teacher": {
-            "steps": int(state["step"]),
-            "val_nll": val[-1]["val/nll"] if val else None,
-            "baseline_nll": val[-1]["val/baseline_nll"] if val else None,
-            "log_mel_distance_db": float(np.mean(distances)),
-        }
-    }
+    for name, path in models.items():
+        model, _, _ = load_model(path)
+        audio = vocode(
+            model, clips["feats"], features, SynthesisOptions(), torch.Generator().manual_seed(0)
+        )
+        for index, wave in enumerate(audio):
+            save_audio(out_dir / "samples" / name / f"clip{index}.wav", wave, features.sample_rate)
 
 
-def _print_report(report: dict, out_dir: Path) -> None:
-    teacher = report["teacher"]
-    print("\nwavflow demo report")
-    print("| model | steps | val NLL (nats/sample) | context-free NLL | log-mel distance (dB) |")
-    print("|---|---|---|---|---|")
+def print_report(report: dict[str, Any], out_dir: Path) -> None:
+    """The metrics table, the speed table, and where the files are."""
+    print("\nwavflow demo report\n")
+    print("| model | steps | NLL (nats/sample) | KL to teacher | log-mel dB | MCD dB |")
+    print("|---|---|---|---|---|---|")
+    for name, metrics in report["metrics"].items():
+        samples = metrics.get("student_samples") or metrics.get("teacher_samples") or {}
+        kl = samples.get("kl")
+        print(
+            f"| {name} | {metrics['step']} | {metrics['nll']:.3f} | "
+            f"{'-' if kl is None else f'{kl:.3f}'} | {samples.get('log_mel_db', float('nan')):.2f} "
+            f"| {samples.get('mcd_db', float('nan')):.2f} |"
+        )
+    if "bench" in report:
+        print("\n| method | audio (s) | RTF | samples/s | x teacher-cached |")
+        print("|---|---|---|---|---|")
+        for row in report["bench"]["rows"]:
+            if row["batch"] == 1:
+                speedup = row["speedup_vs_cached"]
+                print(
+                    f"| {row['method']} | {row['seconds_of_audio']:.2f} | "
+                    f"{row['real_time_factor']:.3f} | {row['samples_per_s']:.0f} | "
+                    f"{'-' if speedup is None else f'{speedup:.1f}'} |"
+                )
     print(
-        f"| teacher | {teacher['steps']} | {teacher['val_nll']:.3f} | "
-        f"{teacher['baseline_nll']:.3f} | {teacher['log_mel_distance_db']:.2f} |"
-    )
-    print(
-        f"\nfiles: {out_dir}/samples (audio), {out_dir}/teacher/tensorboard (logs), "
-        f"{out_dir}/report.json"
+        f"\nfiles: audio in {out_dir}/samples/<model>/, TensorBoard logs in "
+        f"{out_dir}/<model>/tensorboard (tensorboard --logdir {out_dir}), benchmark in "
+        f"{out_dir}/bench/ (bench.md, bench.png), everything in {out_dir}/report.json"
     )
