@@ -1,0 +1,97 @@
+"""Parallel flow students: one Flow interface, the IAF student and two coupling students."""
+
+from __future__ import annotations
+
+import inspect
+
+from wavflow.flows.base import (
+    Flow,
+    FlowModel,
+    Inverse,
+    SequentialFlow,
+    StandardGaussian,
+    StandardLogistic,
+    make_base,
+)
+from wavflow.flows.flowavenet import FloWaveNet
+from wavflow.flows.iaf import IAFFlow, IAFStudent
+from wavflow.flows.layers import (
+    ActNorm,
+    AffineCoupling,
+    FactorOut,
+    Invertible1x1Conv,
+    Permute,
+    Reverse,
+    Squeeze,
+    SwapHalves,
+)
+from wavflow.flows.waveglow import WaveGlow
+
+STUDENTS: dict[str, type[FlowModel]] = {
+    "iaf": IAFStudent,
+    "waveglow": WaveGlow,
+    "flowavenet": FloWaveNet,
+}
+
+_SHARED_ARGS = ("self", "n_mels", "hop_length", "n_speakers")
+
+
+def student_sizes(kind: str) -> list[str]:
+    """The size arguments `build_student` accepts for `kind` (everything but the data ones)."""
+    if kind not in STUDENTS:
+        raise ValueError(f"unknown student kind {kind!r}; valid kinds: {', '.join(STUDENTS)}")
+    parameters = inspect.signature(STUDENTS[kind].__init__).parameters
+    return [name for name in parameters if name not in _SHARED_ARGS]
+
+
+def build_student(
+    kind: str, n_mels: int, hop_length: int, n_speakers: int = 0, **sizes: object
+) -> FlowModel:
+    """Builds the student `kind` ("iaf", "waveglow", "flowavenet") from plain arguments.
+
+    Args:
+        kind: a key of `STUDENTS`.
+        n_mels: mel bands of the features.
+        hop_length: audio samples per frame.
+        n_speakers: speakers (0: none).
+        **sizes: the model's size arguments, e.g. `**IAFStudent.PRESETS["tiny"]`.
+
+    Returns:
+        The new student (weight-normalised, ActNorms not yet initialised).
+
+    Raises:
+        ValueError: unknown kind, or a size key the student does not take.
+    """
+    valid = student_sizes(kind)
+    for key in sizes:
+        if key not in valid:
+            raise ValueError(
+                f"{STUDENTS[kind].__name__} has no size {key!r}; valid sizes: {', '.join(valid)}"
+            )
+    return STUDENTS[kind](n_mels, hop_length, n_speakers, **sizes)
+
+
+__all__ = [
+    "STUDENTS",
+    "ActNorm",
+    "AffineCoupling",
+    "FactorOut",
+    "FloWaveNet",
+    "Flow",
+    "FlowModel",
+    "IAFFlow",
+    "IAFStudent",
+    "Inverse",
+    "Invertible1x1Conv",
+    "Permute",
+    "Reverse",
+    "SequentialFlow",
+    "Squeeze",
+    "StandardGaussian",
+    "StandardLogistic",
+    "SwapHalves",
+    "WaveGlow",
+    "build_student",
+    "make_base",
+    "student_sizes",
+]

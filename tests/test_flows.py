@@ -1,0 +1,503 @@
+"""The checks every flow layer and student passes (STYLE.md), in float64 on CPU at tiny sizes.
+
+Each case builds its flow, makes the zero-initialised output convs non-zero (so no layer is the
+identity and gradients flow past them) and runs it once, which initialises any ActNorm.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from wavflow.flows import (
+    STUDENTS,
+    ActNorm,
+    AffineCoupling,
+    FactorOut,
+    Flow,
+    FloWaveNet,
+    FlowModel,
+    IAFFlow,
+    IAFStudent,
+    Inverse,
+    Invertible1x1Conv,
+    Permute,
+    Reverse,
+    SequentialFlow,
+    Squeeze,
+    StandardGaussian,
+    StandardLogistic,
+    SwapHalves,
+    WaveGlow,
+    build_student,
+    student_sizes,
+)
+from wavflow.nn.conv import ZeroConv1d
+
+DTYPE = torch.float64
+BATCH = 2
+N_MELS, HOP, FRAMES = 3, 4, 4  # students: T = FRAMES * HOP = 16
+COND_CHANNELS = 3  # layers' cond
+
+
+@dataclass
+class Case:
+    """How to build one flow under test and what it runs on.
+
+    `build()` returns a Flow (layers) or a FlowModel (students). Layers run on noise of
+    `z_shape` with a cond of COND_CHANNELS; students on (B, 1, T) noise and their own cond.
+    """
+
+    name: str
+    build: Callable[[], nn.Module]
+    z_shape: tuple[int, int] = (1, 16)  # (C, T) of z
+    x_shape: tuple[int, int] | None = None  # (C, T) of x when it differs from z's
+    reads_cond: bool = False
+    has_identity_init: bool = False
+    is_iaf: bool = False
+    n_speakers: int = 0
+
+    @property
+    def is_student(self) -> bool:
+        return self.name.startswith("student_")
+
+
+def coupling_sizes() -> dict:
+    return {"n_layers": 2, "kernel_size": 3, "hidden_channels": 6}
+
+
+LAYER_CASES = [
+    Case("actnorm", lambda: ActNorm(4), z_shape=(4, 8)),
+    Case("invconv", lambda: Invertible1x1Conv(4), z_shape=(4, 8)),
+    Case("invconv_lu", lambda: Invertible1x1Conv(4, lu=True), z_shape=(4, 8)),
+    Case(
+        "coupling",
+        lambda: AffineCoupling(4, COND_CHANNELS, **coupling_sizes()),
+        z_shape=(4, 8),
+        reads_cond=True,
+        has_identity_init=True,
+    ),
+    Case(
+        "coupling_odd",
+        lambda: AffineCoupling(3, COND_CHANNELS, **coupling_sizes()),
+        z_shape=(3, 8),
+        reads_cond=True,
+        has_identity_init=True,
+    ),
+    Case("squeeze", lambda: Squeeze(2), z_shape=(2, 8), x_shape=(4, 4)),
+    Case(
+        "squeezed_coupling",  # cond must be folded with the audio to reach the coupling
+        lambda: SequentialFlow(
+            [
+                Squeeze(2),
+                AffineCoupling(4, 2 * COND_CHANNELS, **coupling_sizes()),
+                Inverse(Squeeze(2)),
+            ]
+        ),
+        z_shape=(2, 8),
+        reads_cond=True,
+        has_identity_init=True,
+    ),
+    Case("permute", lambda: Permute([2, 0, 3, 1]), z_shape=(4, 4)),
+    Case("reverse", lambda: Reverse(4), z_shape=(4, 4)),
+    Case("swap_halves", lambda: SwapHalves(3), z_shape=(3, 4)),
+    Case(
+        "factor_out",
+        lambda: FactorOut(AffineCoupling(2, COND_CHANNELS, **coupling_sizes()), 2),
+        z_shape=(4, 4),
+        reads_cond=True,
+        has_identity_init=True,
+    ),
+    Case(
+        "iaf_flow",
+        lambda: IAFFlow(COND_CHANNELS, n_layers=3, kernel_size=3, hidden_channels=6),
+        z_shape=(1, 16),
+        reads_cond=True,
+        has_identity_init=True,
+        is_iaf=True,
+    ),
+]
+
+STUDENT_CASES = [
+    Case(
+        "student_iaf_logistic",
+        lambda: IAFStudent(N_MELS, HOP, **IAFStudent.PRESETS["tiny"]),
+        reads_cond=True,
+        has_identity_init=True,
+        is_iaf=True,
+    ),
+    Case(
+        "student_iaf_gaussian",
+        lambda: IAFStudent(N_MELS, HOP, 2, **{**IAFStudent.PRESETS["tiny"], "base": "gaussian"}),
+        reads_cond=True,
+        has_identity_init=True,
+        is_iaf=True,
+        n_speakers=2,
+    ),
+    Case(
+        "student_waveglow",
+        lambda: WaveGlow(N_MELS, HOP, lu=True, **WaveGlow.PRESETS["tiny"]),
+        reads_cond=True,
+    ),
+    Case(
+        "student_flowavenet",
+        lambda: FloWaveNet(N_MELS, HOP, 2, **FloWaveNet.PRESETS["tiny"]),
+        reads_cond=True,
+        n_speakers=2,
+    ),
+    Case(
+        "student_flowavenet_split_every_2",
+        lambda: FloWaveNet(N_MELS, HOP, **{**FloWaveNet.PRESETS["tiny"], "blocks_per_split": 2}),
+        reads_cond=True,
+    ),
+]
+
+CASES = LAYER_CASES + STUDENT_CASES
+
+
+def perturb(module: nn.Module, std: float = 0.3) -> None:
+    """Makes every zero-initialised output conv non-zero, so no layer is the identity."""
+    with torch.no_grad():
+        for child in module.modules():
+            if isinstance(child, ZeroConv1d):
+                child.weight.normal_(0.0, std)
+                child.bias.normal_(0.0, std)
+
+
+@dataclass
+class Built:
+    module: nn.Module  # what the case built: a Flow, or a FlowModel
+    flow: Flow  # the flow under test (the student's `flow`)
+    z: Tensor
+    cond: Tensor
+    feats: Tensor | None = None
+    speaker: Tensor | None = None
+
+
+def make_inputs(case: Case, seed: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Random (z or feats, speaker, layer cond) for a case."""
+    gen = torch.Generator().manual_seed(seed)
+    if case.is_student:
+        feats = torch.randn(BATCH, N_MELS, FRAMES, generator=gen, dtype=DTYPE)
+        speaker = torch.tensor([0, 1]) if case.n_speakers else None
+        return feats, speaker, None
+    z = torch.randn(BATCH, *case.z_shape, generator=gen, dtype=DTYPE)
+    cond = torch.randn(BATCH, COND_CHANNELS, case.z_shape[1], generator=gen, dtype=DTYPE)
+    return z, None, cond
+
+
+def build(case: Case, seed: int = 0, perturbed: bool = True, warm: bool = True) -> Built:
+    """Builds the case in float64 (seeded), perturbs it and runs it once (ActNorm init)."""
+    torch.manual_seed(seed)
+    module = case.build().to(DTYPE)
+    if perturbed:
+        perturb(module)
+    first, speaker, cond = make_inputs(case, seed=100)
+    if case.is_student:
+        assert isinstance(module, FlowModel)
+        feats = first
+        with torch.no_grad():
+            cond = module.condition(feats, speaker)
+        z = torch.randn(BATCH, 1, cond.shape[-1], dtype=DTYPE)
+        built = Built(module, module.flow, z, cond, feats, speaker)
+    else:
+        built = Built(module, module, first, cond)
+    if warm:
+        with torch.no_grad():
+            built.flow(built.z, built.cond)
+    return built
+
+
+def fresh_z(built: Built, seed: int) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(built.z.shape, generator=gen, dtype=DTYPE)
+
+
+def jacobian(fn: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
+    """d fn(inputs) / d inputs for one item, flattened: (C * T, C * T)."""
+    flat = inputs.reshape(-1)
+    return torch.autograd.functional.jacobian(
+        lambda v: fn(v.reshape(inputs.shape)).reshape(-1), flat
+    )
+
+
+ids = [case.name for case in CASES]
+
+
+# 1. Shapes and dtype kept; logdet is (B,); all finite.
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_shapes_dtype_and_finite(case: Case) -> None:
+    built = build(case)
+    x, logdet = built.flow(built.z, built.cond)
+    assert x.dtype == DTYPE and logdet.dtype == DTYPE
+    assert x.shape == (BATCH, *(case.x_shape or built.z.shape[1:]))
+    assert logdet.shape == (BATCH,)
+    assert torch.isfinite(x).all() and torch.isfinite(logdet).all()
+    z, inverse_logdet = built.flow.inverse(x, built.cond)
+    assert z.shape == built.z.shape and inverse_logdet.shape == (BATCH,)
+    assert torch.isfinite(z).all() and torch.isfinite(inverse_logdet).all()
+
+
+# 2. Round trip both ways; the two log-dets sum to 0.
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_round_trip_both_ways(case: Case) -> None:
+    built = build(case)
+    x, logdet = built.flow(built.z, built.cond)
+    assert not torch.allclose(x.reshape(-1), built.z.reshape(-1))  # not a do-nothing layer
+    z, inverse_logdet = built.flow.inverse(x, built.cond)
+    torch.testing.assert_close(z, built.z, atol=1e-8, rtol=1e-7)
+    torch.testing.assert_close(logdet + inverse_logdet, torch.zeros_like(logdet), atol=1e-8, rtol=0)
+
+    x_data = fresh_z(built, seed=7).reshape(x.shape) * 0.5
+    z, inverse_logdet = built.flow.inverse(x_data, built.cond)
+    x_back, logdet = built.flow(z, built.cond)
+    torch.testing.assert_close(x_back, x_data, atol=1e-8, rtol=1e-7)
+    torch.testing.assert_close(logdet + inverse_logdet, torch.zeros_like(logdet), atol=1e-8, rtol=0)
+
+
+# 3. The log-det equals slogdet of the autograd Jacobian (T <= 16).
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_logdet_equals_jacobian_slogdet(case: Case) -> None:
+    built = build(case)
+    z, cond = built.z[:1], built.cond[:1]
+    jac = jacobian(lambda v: built.flow(v, cond)[0], z)
+    _, logdet = built.flow(z, cond)
+    torch.testing.assert_close(torch.linalg.slogdet(jac).logabsdet, logdet[0])
+
+    x, _ = built.flow(z, cond)
+    inverse_jac = jacobian(lambda v: built.flow.inverse(v, cond)[0], x)
+    _, inverse_logdet = built.flow.inverse(x, cond)
+    torch.testing.assert_close(torch.linalg.slogdet(inverse_jac).logabsdet, inverse_logdet[0])
+
+
+IAF_CASES = [case for case in CASES if case.is_iaf]
+
+
+# 4. IAF is causal: the Jacobian dx/dz is lower-triangular in time.
+@pytest.mark.parametrize("case", IAF_CASES, ids=[c.name for c in IAF_CASES])
+def test_iaf_is_causal(case: Case) -> None:
+    built = build(case)
+    z, cond = built.z[:1], built.cond[:1]  # (1, 1, T): flattening gives time order
+    jac = jacobian(lambda v: built.flow(v, cond)[0], z)
+    assert torch.triu(jac, diagonal=1).abs().max() == 0
+    assert torch.tril(jac, diagonal=-1).abs().max() > 1e-3  # x_t does read the past
+
+
+IDENTITY_CASES = [case for case in CASES if case.has_identity_init]
+
+
+# 5. Coupling and IAF layers are the identity at init.
+@pytest.mark.parametrize("case", IDENTITY_CASES, ids=[c.name for c in IDENTITY_CASES])
+def test_identity_at_init(case: Case) -> None:
+    built = build(case, perturbed=False, warm=False)
+    x, logdet = built.flow(built.z, built.cond)
+    assert torch.equal(x, built.z)
+    assert torch.equal(logdet, torch.zeros_like(logdet))
+    perturb(built.module)
+    x, logdet = built.flow(built.z, built.cond)
+    assert not torch.allclose(x, built.z) and not torch.allclose(logdet, torch.zeros_like(logdet))
+
+
+STUDENT_IDS = [case.name for case in STUDENT_CASES]
+
+
+# 6. log_q from rsample_and_log_prob equals log_prob(x) for the same x (IAF: sequential inverse).
+@pytest.mark.parametrize("case", STUDENT_CASES, ids=STUDENT_IDS)
+def test_log_q_equals_log_prob(case: Case) -> None:
+    built = build(case)
+    model = built.module
+    x, log_q = model.rsample_and_log_prob(built.cond, generator=torch.Generator().manual_seed(3))
+    assert log_q.shape == (BATCH,)
+    torch.testing.assert_close(model.log_prob(x, built.cond), log_q)
+    # log_q is a density, not a constant: another draw gives other values.
+    _, other_log_q = model.rsample_and_log_prob(built.cond, generator=torch.Generator())
+    assert not torch.allclose(other_log_q, log_q)
+
+
+IAF_STUDENTS = [case for case in STUDENT_CASES if case.is_iaf]
+
+
+@pytest.mark.parametrize("case", IAF_STUDENTS, ids=[c.name for c in IAF_STUDENTS])
+def test_iaf_stats_reproduce_x_and_log_q(case: Case) -> None:
+    built = build(case)
+    model = built.module
+    x, log_q = model.rsample_and_log_prob(built.cond, generator=torch.Generator().manual_seed(3))
+    x_stats, loc, log_scale, z = model.rsample_with_stats(
+        built.cond, generator=torch.Generator().manual_seed(3)
+    )
+    torch.testing.assert_close(x_stats, x)
+    torch.testing.assert_close(loc + torch.exp(log_scale) * z, x)
+    log_base = model.base.log_density(z).sum(dim=(1, 2))
+    torch.testing.assert_close(log_base - log_scale.sum(dim=(1, 2)), log_q)
+    assert log_scale.abs().max() > 1e-3 and loc.abs().max() > 1e-3  # non-trivial stats
+
+    # loc_t and log_scale_t see z_<t only: strictly lower-triangular Jacobians.
+    z1, cond1 = z[:1], built.cond[:1]
+    for index in (1, 2):
+        jac = jacobian(lambda v, i=index: model.forward_with_stats(v, cond1)[i], z1)
+        assert torch.triu(jac).abs().max() == 0
+        assert torch.tril(jac, diagonal=-1).abs().max() > 1e-3
+
+
+PARAM_CASES = [case for case in CASES if any(True for _ in case.build().parameters())]
+
+
+# 7. The KL-like loss reaches every parameter, and changing cond changes x.
+@pytest.mark.parametrize("case", PARAM_CASES, ids=[c.name for c in PARAM_CASES])
+def test_loss_reaches_every_parameter(case: Case) -> None:
+    built = build(case)
+    module = built.module
+    if case.is_student:
+        cond = module.condition(built.feats, built.speaker)
+        x, log_q = module.rsample_and_log_prob(cond, generator=torch.Generator().manual_seed(0))
+        loss = log_q.mean() + x.pow(2).mean()
+    else:
+        x, logdet = built.flow(built.z, built.cond)
+        weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
+        loss = (weights * x).sum() + x.pow(2).mean() - logdet.mean()
+    loss.backward()
+    for name, parameter in module.named_parameters():
+        assert parameter.grad is not None, f"{name} gets no gradient"
+        assert parameter.grad.abs().max() > 0, f"{name} gets a zero gradient"
+
+
+COND_CASES = [case for case in CASES if case.reads_cond]
+
+
+@pytest.mark.parametrize("case", COND_CASES, ids=[c.name for c in COND_CASES])
+def test_changing_cond_changes_x(case: Case) -> None:
+    built = build(case)
+    with torch.no_grad():
+        if case.is_student:
+            model = built.module
+            other_cond = model.condition(built.feats + 1.0, built.speaker)
+            x = model.sample(built.cond, generator=torch.Generator().manual_seed(5))
+            other_x = model.sample(other_cond, generator=torch.Generator().manual_seed(5))
+        else:
+            x, _ = built.flow(built.z, built.cond)
+            other_x, _ = built.flow(built.z, built.cond + 1.0)
+    assert (x - other_x).abs().max() > 1e-4
+
+
+# 8. eval and train agree; save then load reproduces the outputs (ActNorm's init included).
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_eval_train_agree_and_state_dict_round_trip(case: Case) -> None:
+    built = build(case)
+    z = fresh_z(built, seed=11)  # not the warm-up batch, so a re-init would show
+    with torch.no_grad():
+        built.module.train()
+        x_train, logdet_train = built.flow(z, built.cond)
+        built.module.eval()
+        x_eval, logdet_eval = built.flow(z, built.cond)
+    assert torch.equal(x_train, x_eval) and torch.equal(logdet_train, logdet_eval)
+
+    buffer = io.BytesIO()
+    torch.save(built.module.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    loaded = build(case, seed=1, perturbed=True, warm=False).module  # other weights, no init
+    loaded.load_state_dict(state, strict=True)
+    loaded_flow = loaded.flow if case.is_student else loaded
+    with torch.no_grad():
+        x_loaded, logdet_loaded = loaded_flow(z, built.cond)
+        z_loaded, _ = loaded_flow.inverse(x_eval, built.cond)
+    torch.testing.assert_close(x_loaded, x_eval, atol=1e-12, rtol=0)
+    torch.testing.assert_close(logdet_loaded, logdet_eval, atol=1e-12, rtol=0)
+    torch.testing.assert_close(z_loaded, z, atol=1e-8, rtol=0)
+
+
+def test_actnorm_initialises_from_either_direction_and_saves_its_flag() -> None:
+    data = torch.randn(3, 4, 10, dtype=DTYPE) * 5 + 2
+    for direction in ("forward", "inverse"):
+        layer = ActNorm(4).to(DTYPE)
+        assert not layer.initialized
+        out, _ = getattr(layer, direction)(data)
+        assert layer.initialized
+        torch.testing.assert_close(out.mean(dim=(0, 2)), torch.zeros(4, dtype=DTYPE))
+        torch.testing.assert_close(out.std(dim=(0, 2), unbiased=False), torch.ones(4, dtype=DTYPE))
+    assert layer.state_dict()["initialized"].item() is True
+
+
+def test_squeeze_folds_cond_and_rejects_odd_lengths() -> None:
+    z = torch.arange(12.0).reshape(1, 1, 12)
+    layer = Squeeze(3)
+    x, _ = layer(z)
+    assert x.shape == (1, 3, 4)
+    assert x[0, :, 1].tolist() == [3.0, 4.0, 5.0]  # one group of 3 samples per time step
+    torch.testing.assert_close(layer.transform_cond(z), x)
+    torch.testing.assert_close(layer.transform_cond(x, inverse=True), z)
+    with pytest.raises(ValueError, match="factor=5"):
+        Squeeze(5)(z)
+    model = WaveGlow(N_MELS, HOP, **WaveGlow.PRESETS["tiny"])
+    with pytest.raises(ValueError, match="divisible by 4"):
+        model.sample(torch.randn(1, N_MELS, 14))
+
+
+@pytest.mark.parametrize("case", STUDENT_CASES, ids=STUDENT_IDS)
+def test_temperature_zero_is_the_mean_path(case: Case) -> None:
+    built = build(case)
+    model = built.module
+    with torch.no_grad():
+        x = model.sample(built.cond, temperature=0.0)
+        expected, _ = model.flow(torch.zeros_like(built.z), built.cond)
+        noisy = model.sample(built.cond, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (BATCH, 1, FRAMES * HOP)
+    torch.testing.assert_close(x, expected)
+    assert not torch.allclose(x, noisy)
+
+
+def test_waveglow_early_outputs_leave_where_nvidia_does() -> None:
+    model = WaveGlow(N_MELS, HOP, n_flows=6, n_layers=2, channels=4, group=6, early_every=2)
+    widths = [
+        m.n_condition + m.n_transform for m in model.modules() if isinstance(m, AffineCoupling)
+    ]
+    # z -> x order: the last two flows (x -> z numbering) on 2 channels, then 4, then all 6.
+    assert widths == [2, 2, 4, 4, 6, 6]
+    factor_outs = [m for m in model.modules() if isinstance(m, FactorOut)]
+    assert [m.n_factored for m in factor_outs] == [2, 2]
+
+
+def test_flowavenet_blocks_and_splits() -> None:
+    model = FloWaveNet(N_MELS, HOP, n_blocks=4, flows_per_block=2, n_layers=1, channels=4)
+    model_split = FloWaveNet(
+        N_MELS, HOP, n_blocks=4, flows_per_block=2, n_layers=1, channels=4, blocks_per_split=2
+    )
+    assert sum(isinstance(m, ActNorm) for m in model.modules()) == 4 * 2
+    assert not any(isinstance(m, FactorOut) for m in model.modules())  # 4 blocks, split every 4
+    # Split after block 2 of 4: one prior coupling more, and the last blocks are narrower.
+    n_couplings = sum(isinstance(m, AffineCoupling) for m in model_split.modules())
+    assert n_couplings == 4 * 2 + 1
+    assert model_split.time_multiple == 16
+    with torch.no_grad():
+        x = model_split.sample(model_split.condition(torch.randn(1, N_MELS, 4)))
+    assert x.shape == (1, 1, 16)
+
+
+def test_base_distributions() -> None:
+    z = torch.linspace(-4, 4, 9, dtype=DTYPE).reshape(1, 1, 9)
+    gaussian = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum()
+    torch.testing.assert_close(StandardGaussian().log_prob(z), gaussian.reshape(1))
+    logistic = (-z - 2 * torch.log1p(torch.exp(-z))).sum()
+    torch.testing.assert_close(StandardLogistic().log_prob(z), logistic.reshape(1))
+    for base in (StandardGaussian(), StandardLogistic()):
+        one = base.sample((2, 1, 50), 1.0, torch.Generator().manual_seed(0), dtype=DTYPE)
+        half = base.sample((2, 1, 50), 0.5, torch.Generator().manual_seed(0), dtype=DTYPE)
+        torch.testing.assert_close(half, 0.5 * one)
+        assert one.std() > 0.5
+
+
+def test_build_student_validates_kind_and_sizes() -> None:
+    for kind, cls in STUDENTS.items():
+        model = build_student(kind, N_MELS, HOP, 0, **cls.PRESETS["tiny"])
+        assert isinstance(model, cls)
+        for preset in cls.PRESETS.values():
+            assert set(preset) <= set(student_sizes(kind))
+    with pytest.raises(ValueError, match="iaf, waveglow, flowavenet"):
+        build_student("wavernn", N_MELS, HOP)
+    with pytest.raises(ValueError, match="'n_flow'"):
+        build_student("waveglow", N_MELS, HOP, n_flow=3)
