@@ -174,3 +174,32 @@ def log_mel(audio: Tensor, cfg: FeatureConfig) -> Tensor:
     magnitude = stft_magnitude(audio, cfg.n_fft, cfg.hop_length, cfg.win_length, cfg.window)
     basis = torch.from_numpy(_mel_basis(cfg)).to(magnitude.device)
     return torch.matmul(basis, magnitude).clamp_min(cfg.log_floor).log()
+
+
+def estimate_f0(
+    audio: np.ndarray, cfg: FeatureConfig, f0_min: float = 60.0, f0_max: float = 500.0
+) -> np.ndarray:
+    """F0 in Hz at the mel frame rate (pyin), 0 where unvoiced.
+
+    Frame j of `log_mel` is centred on sample j * hop + hop / 2, so pyin runs on the audio from
+    sample hop / 2 on, with centred frames of the same hop.
+
+    Args:
+        audio: (samples,) float in [-1, 1].
+
+    Returns:
+        (samples // hop_length,) float32.
+    """
+    frames = len(audio) // cfg.hop_length
+    frame_length = max(cfg.n_fft, int(2 ** np.ceil(np.log2(3 * cfg.sample_rate / f0_min))))
+    f0, voiced, _ = librosa.pyin(
+        np.asarray(audio[cfg.hop_length // 2 :], dtype=np.float32),
+        fmin=f0_min,
+        fmax=f0_max,
+        sr=cfg.sample_rate,
+        frame_length=frame_length,
+        hop_length=cfg.hop_length,
+        center=True,
+    )
+    f0 = np.where(voiced & np.isfinite(f0), f0, 0.0)[:frames]
+    return np.pad(f0, (0, frames - len(f0))).astype(np.float32)

@@ -32,7 +32,7 @@ class CheckpointError(ValueError):
 
 def build_teacher(recipe: Recipe, n_speakers: int = 0) -> WaveNet:
     """A new weight-normalised teacher from `[teacher]` and the mel settings."""
-    sizes = dataclasses.asdict(recipe.teacher)
+    sizes = dataclasses.asdict(recipe.teacher) | pitch_arguments(recipe)
     sizes["n_speakers"] = n_speakers
     model = WaveNet(recipe.features.n_mels, recipe.features.hop_length, **sizes)
     return add_weight_norm(model)
@@ -48,8 +48,15 @@ def build_student(recipe: Recipe, n_speakers: int = 0, kind: str | None = None) 
         recipe.features.n_mels,
         recipe.features.hop_length,
         n_speakers=n_speakers,
-        **recipe.student.sizes(kind),
+        **recipe.student.sizes(kind) | pitch_arguments(recipe),
     )
+
+
+def pitch_arguments(recipe: Recipe) -> dict[str, int]:
+    """Constructor arguments of pitch conditioning ({} when the recipe has no pitch)."""
+    if not recipe.data.harmonics:
+        return {}
+    return {"n_harmonics": recipe.data.harmonics, "sample_rate": recipe.features.sample_rate}
 
 
 def build_model(kind: str, recipe: Recipe, n_speakers: int = 0) -> nn.Module:

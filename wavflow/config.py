@@ -79,6 +79,12 @@ class DataConfig:
         num_workers: DataLoader workers (0: load in the main process).
         corpus_minutes: minutes of built-in corpus the demo generates.
         speakers: condition on speaker identity (global conditioning) when the data has several.
+        f0_method: F0 tracker run by `wavflow prepare`: "pyin" (librosa) or "none".
+        f0_min, f0_max: the tracker's F0 search range in Hz.
+        pitch: "harmonic" conditions every model on a harmonic excitation built from F0
+            (sin and cos of k times the F0 phase, k = 1..n_harmonics, zero where unvoiced) that
+            enters the signal path and the gates; "none" uses mels (and speakers) only.
+        n_harmonics: harmonics of the excitation.
     """
 
     segment_length: int = 8192
@@ -90,6 +96,16 @@ class DataConfig:
     num_workers: int = 0
     corpus_minutes: float = 5.0
     speakers: bool = False
+    f0_method: str = "pyin"
+    f0_min: float = 60.0
+    f0_max: float = 500.0
+    pitch: str = "none"
+    n_harmonics: int = 8
+
+    @property
+    def harmonics(self) -> int:
+        """Harmonics of the excitation the models are conditioned on (0: no pitch)."""
+        return self.n_harmonics if self.pitch == "harmonic" else 0
 
     def __post_init__(self) -> None:
         _require(
@@ -99,6 +115,14 @@ class DataConfig:
                 (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
                 (0 < self.peak <= 1, "peak must be in (0, 1]"),
                 (self.num_workers >= 0, "num_workers must be >= 0"),
+                (self.f0_method in ("pyin", "none"), "f0_method must be 'pyin' or 'none'"),
+                (0 < self.f0_min < self.f0_max, "need 0 < f0_min < f0_max"),
+                (self.pitch in ("none", "harmonic"), "pitch must be 'none' or 'harmonic'"),
+                (self.n_harmonics >= 1, "n_harmonics must be >= 1"),
+                (
+                    self.pitch == "none" or self.f0_method != "none",
+                    "pitch = 'harmonic' needs F0: set f0_method = 'pyin'",
+                ),
             ],
         )
 

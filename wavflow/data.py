@@ -6,6 +6,8 @@ A prepared dataset is a folder:
     manifest.jsonl  one JSON line per utterance: id, source, samples, frames, split, speaker
     audio/<id>.npy  (samples,) float32 in [-1, 1], samples = frames * hop_length
     mels/<id>.npy   (n_mels, frames) float32 log-mel
+    f0/<id>.npy     (frames,) float32 F0 in Hz at the mel frame rate, 0 = unvoiced (when the
+                    recipe's `data.f0_method` is not "none")
     done/<id>.json  the utterance's manifest line, written last (marks it complete)
     skipped.jsonl   inputs that were skipped, with the reason
 """
@@ -32,6 +34,7 @@ from wavflow.audio import (
     AUDIO_SUFFIXES,
     AudioError,
     check_features_match,
+    estimate_f0,
     load_audio,
     log_mel,
     peak_normalize,
@@ -82,11 +85,12 @@ def is_validation(utterance_id: str, fraction: float, seed: int) -> bool:
 
 def process_utterance(
     source: Source, features: FeatureConfig, data: DataConfig
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Load, check, trim, normalise and featurise one input.
 
     Returns:
-        audio (frames * hop,) float32 and mel (n_mels, frames) float32.
+        audio (frames * hop,) float32, mel (n_mels, frames) float32 and F0 (frames,) in Hz
+        (None when `data.f0_method` is "none").
 
     Raises:
         AudioError: unreadable, silent or too short, naming the file and the reason.
@@ -105,7 +109,10 @@ def process_utterance(
     audio = peak_normalize(audio[:usable], data.peak)
     with torch.no_grad():
         mel = log_mel(torch.from_numpy(audio)[None], features)[0].numpy()
-    return audio, mel
+    f0 = None
+    if data.f0_method == "pyin":
+        f0 = estimate_f0(audio, features, data.f0_min, data.f0_max)
+    return audio, mel, f0
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
@@ -128,11 +135,13 @@ def _prepare_one(
     """Prepare one input into `out_dir`; returns its manifest record or {"skipped": reason}."""
     torch.set_num_threads(1)
     try:
-        audio, mel = process_utterance(source, features, data)
+        audio, mel, f0 = process_utterance(source, features, data)
     except AudioError as error:
         return {"id": source.id, "source": str(source.path), "skipped": str(error)}
     _save_npy_atomic(out_dir / "audio" / f"{source.id}.npy", audio)
     _save_npy_atomic(out_dir / "mels" / f"{source.id}.npy", mel)
+    if f0 is not None:
+        _save_npy_atomic(out_dir / "f0" / f"{source.id}.npy", f0)
     record = {
         "id": source.id,
         "source": str(source.path),
@@ -259,6 +268,21 @@ class PreparedData:
             check_features_match(expected, self.features, str(self.root))
         self.records = [json.loads(line) for line in manifest.read_text().splitlines() if line]
         self.speakers = sorted({r["speaker"] for r in self.records})
+        self.has_f0 = saved["data"].get("f0_method", "none") != "none"
+
+    def require_f0(self) -> None:
+        """Raise a `DataError` when the dataset was prepared without F0."""
+        if not self.has_f0:
+            raise DataError(
+                f"{self.root} was prepared without F0 (data.f0_method = 'none') but the recipe "
+                "conditions on pitch: re-run `wavflow prepare` with f0_method = 'pyin'"
+            )
+
+    def load_f0(self, record: dict[str, Any]) -> np.ndarray:
+        """(frames,) F0 in Hz of one utterance (0 = unvoiced); zeros without F0."""
+        if not self.has_f0:
+            return np.zeros(record["frames"], dtype=np.float32)
+        return np.load(self.root / "f0" / f"{record['id']}.npy", mmap_mode="r")
 
     def split(self, name: str) -> list[dict[str, Any]]:
         """Records of split "train" or "val"."""
@@ -284,8 +308,9 @@ class SegmentDataset(Dataset):
     (reproducible, resumable). Validation uses fixed crops. Clips shorter than a segment are
     zero-padded at their end (audio) and floor-padded (mel).
 
-    Returns dicts with `audio` (1, N) float32, `feats` (n_mels, N / hop) float32 and `speaker`
-    (int index into `PreparedData.speakers`).
+    Returns dicts with `audio` (1, N) float32, `feats` (n_mels, N / hop) float32, `f0`
+    (N / hop,) float32 Hz (zeros without F0) and `speaker` (int index into
+    `PreparedData.speakers`).
     """
 
     def __init__(
@@ -332,9 +357,11 @@ class SegmentDataset(Dataset):
             self.segment_frames * self.hop,
             0.0,
         )
+        f0 = _pad_to(np.asarray(self.data.load_f0(record)[frames])[None], self.segment_frames, 0.0)
         return {
             "audio": torch.from_numpy(wave),
             "feats": torch.from_numpy(feats),
+            "f0": torch.from_numpy(f0[0]),
             "speaker": self.data.speakers.index(record["speaker"]),
         }
 

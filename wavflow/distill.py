@@ -112,6 +112,7 @@ class DistillLoss(nn.Module):
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
         self.estimator = choose_estimator(student, teacher, cfg.kl_estimator)
+        _copy_f0_predictor(teacher, student)
 
     def train(self, mode: bool = True) -> DistillLoss:
         """Only the student changes mode; the teacher stays in eval mode."""
@@ -121,10 +122,10 @@ class DistillLoss(nn.Module):
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """batch: audio (B, 1, T), feats (B, n_mels, F), speaker (B,) -> {name: scalar}."""
         weights = self.cfg.weights
-        feats, speaker, real = batch["feats"], batch["speaker"], batch["audio"]
+        feats, speaker, real, f0 = batch["feats"], batch["speaker"], batch["audio"], batch.get("f0")
         with torch.no_grad():
-            teacher_cond = self.teacher.condition(feats, speaker)
-        student_cond = self.student.condition(feats, speaker)
+            teacher_cond = self.teacher.condition(feats, speaker, f0)
+        student_cond = self.student.condition(feats, speaker, f0)
         losses, x, mean_log_q = self._kl_terms(student_cond, teacher_cond)
         if weights.get("stft", 0):
             losses["stft"] = multi_resolution_stft_loss(x, real, self.cfg.stft_resolutions)
@@ -165,6 +166,14 @@ class DistillLoss(nn.Module):
             losses = {"kl": kl[:, start:].mean()}
         entropy = base_entropy(self.student.base.name, log_scale)[:, 0, start:].mean()
         return losses, x, -entropy
+
+
+def _copy_f0_predictor(teacher: nn.Module, student: nn.Module) -> None:
+    """Start the student's F0 predictor (for synthesis from bare mels) from the teacher's."""
+    source = getattr(teacher.conditioner, "f0_predictor", None)
+    target = getattr(getattr(student, "conditioner", None), "f0_predictor", None)
+    if source is not None and target is not None:
+        target.load_state_dict(source.state_dict())
 
 
 def choose_estimator(student: nn.Module, teacher: WaveNet, requested: str) -> str:

@@ -42,6 +42,10 @@ class GaussianOutput:
         mean, log_scale = params.split(1, dim=1)
         return mean, log_scale.clamp_min(self.log_scale_min)
 
+    def shift_location(self, params: Tensor, shift: Tensor) -> Tensor:
+        """Parameters of the distribution moved by `shift` (B, 1, T): the mean."""
+        return torch.cat([params[:, :1] + shift, params[:, 1:]], dim=1)
+
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         """Log-density of x (B, 1, T) in nats, per sample: (B, 1, T)."""
         mean, log_scale = self.split(params)
@@ -79,6 +83,11 @@ class LogisticMixtureOutput:
         """(B, 3K, T) -> logits, means, floored log-scales, each (B, K, T)."""
         logits, means, log_scales = params.split(self.n_mixtures, dim=1)
         return logits, means, log_scales.clamp_min(self.log_scale_min)
+
+    def shift_location(self, params: Tensor, shift: Tensor) -> Tensor:
+        """Parameters of the distribution moved by `shift` (B, 1, T): every component's mean."""
+        logits, means, log_scales = params.split(self.n_mixtures, dim=1)
+        return torch.cat([logits, means + shift, log_scales], dim=1)
 
     def log_mass(self, params: Tensor, x: Tensor) -> Tensor:
         """Log-probability of the bin holding x (B, 1, T): (B, 1, T) nats.

@@ -12,10 +12,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from wavflow.audio import log_mel  # noqa: E402
+from wavflow.audio import estimate_f0, log_mel  # noqa: E402
 from wavflow.config import FeatureConfig  # noqa: E402
 from wavflow.teacher import WaveNet  # noqa: E402
 
@@ -31,10 +32,11 @@ def generate_audio(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     method: str = "cached",
+    f0: Tensor | None = None,
 ) -> Tensor:
-    """Audio (B, 1, frames * hop) for mels (B, n_mels, frames): sequential for the teacher,
-    one parallel pass for a student."""
-    cond = model.condition(feats, speaker)
+    """Audio (B, 1, frames * hop) for mels (B, n_mels, frames) (and F0 (B, frames) Hz for
+    pitch-conditioned models): sequential for the teacher, one parallel pass for a student."""
+    cond = model.condition(feats, speaker, f0)
     if isinstance(model, WaveNet):
         return model.generate(cond, method=method, temperature=temperature, generator=generator)
     return model.sample(cond, temperature=temperature, generator=generator)
@@ -84,6 +86,31 @@ def sample_metrics(fake: Tensor, real: Tensor, features: FeatureConfig) -> dict[
     return {
         "log_mel_db": log_mel_distance(fake, real, features),
         "mcd_db": mel_cepstral_distortion(fake, real, features),
+        **pitch_metrics(fake, real, features),
+    }
+
+
+def pitch_metrics(fake: Tensor, real: Tensor, features: FeatureConfig) -> dict[str, float]:
+    """F0 of generated against real audio, both tracked with pyin at the frame rate.
+
+    Returns:
+        "f0_rmse_cents": RMS of 1200 log2(f0_fake / f0_real) on frames voiced in both (NaN
+        when there are none); "vuv_error": share of frames whose voicing decisions differ;
+        "voiced_recall": share of the real audio's voiced frames that are voiced in the fake.
+    """
+    fake_f0 = np.concatenate(
+        [estimate_f0(x.float().reshape(-1).cpu().numpy(), features) for x in fake]
+    )
+    real_f0 = np.concatenate(
+        [estimate_f0(x.float().reshape(-1).cpu().numpy(), features) for x in real]
+    )
+    fake_voiced, real_voiced = fake_f0 > 0, real_f0 > 0
+    both = fake_voiced & real_voiced
+    cents = 1200 * np.log2(fake_f0[both] / real_f0[both]) if both.any() else np.array([np.nan])
+    return {
+        "f0_rmse_cents": float(np.sqrt(np.mean(cents**2))),
+        "vuv_error": float(np.mean(fake_voiced != real_voiced)),
+        "voiced_recall": float(both.sum() / max(1, real_voiced.sum())),
     }
 
 
@@ -94,9 +121,10 @@ def distillation_metrics(
     """KL(student || teacher) per sample (exact student density), the teacher's NLL of the
     student's samples, and the samples' spectral distances to the real audio."""
     generator = torch.Generator(device=batch["audio"].device).manual_seed(seed)
-    cond = student.condition(batch["feats"], batch["speaker"])
+    f0 = batch.get("f0")
+    cond = student.condition(batch["feats"], batch["speaker"], f0)
     x, log_q = student.rsample_and_log_prob(cond, generator=generator)
-    log_p = teacher.log_prob(x, teacher.condition(batch["feats"], batch["speaker"]))
+    log_p = teacher.log_prob(x, teacher.condition(batch["feats"], batch["speaker"], f0))
     length = x.shape[-1]
     return {
         "kl": float(((log_q - log_p) / length).mean()),
@@ -120,6 +148,7 @@ def validation_clips(data_dir: Path, features: FeatureConfig, n_clips: int, seco
     return {
         "audio": torch.stack([item["audio"] for item in items]),
         "feats": torch.stack([item["feats"] for item in items]),
+        "f0": torch.stack([item["f0"] for item in items]),
         "speaker": torch.tensor([item["speaker"] for item in items]),
     }
 
@@ -155,29 +184,26 @@ def evaluate_checkpoint(
         teacher = load_teacher(teacher_path, features) if teacher_path else None
         result["student"] = recipe.student.kind
     result["nll"] = _nll(model, short if state["kind"] == "student" else clips)
+
+    def draw(generator_model: nn.Module) -> Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return generate_audio(
+            generator_model, clips["feats"], clips["speaker"], generator=generator, f0=clips["f0"]
+        )
+
     if teacher is not None:
         result["teacher_nll_of_real"] = _nll(teacher, clips)
-        fake = generate_audio(
-            teacher, clips["feats"], clips["speaker"], generator=torch.Generator().manual_seed(seed)
-        )
-        result["teacher_samples"] = sample_metrics(fake, clips["audio"], features)
-    if state["kind"] == "student":
-        if teacher is not None:
-            result["student_samples"] = distillation_metrics(model, teacher, clips, features, seed)
-        else:
-            fake = generate_audio(
-                model,
-                clips["feats"],
-                clips["speaker"],
-                generator=torch.Generator().manual_seed(seed),
-            )
-            result["student_samples"] = sample_metrics(fake, clips["audio"], features)
+        result["teacher_samples"] = sample_metrics(draw(teacher), clips["audio"], features)
+    if state["kind"] == "student" and teacher is not None:
+        result["student_samples"] = distillation_metrics(model, teacher, clips, features, seed)
+    elif state["kind"] == "student":
+        result["student_samples"] = sample_metrics(draw(model), clips["audio"], features)
     return result
 
 
 def _nll(model: nn.Module, clips: dict) -> float:
     """Mean negative log-density of the real clips, nats per sample."""
-    cond = model.condition(clips["feats"], clips["speaker"])
+    cond = model.condition(clips["feats"], clips["speaker"], clips["f0"])
     return float((-model.log_prob(clips["audio"], cond) / clips["audio"].shape[-1]).mean())
 
 
@@ -188,5 +214,6 @@ def _shorten(clips: dict, features: FeatureConfig, seconds: float) -> dict:
     return {
         "audio": clips["audio"][..., : frames * features.hop_length],
         "feats": clips["feats"][..., :frames],
+        "f0": clips["f0"][..., :frames],
         "speaker": clips["speaker"],
     }

@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from wavflow.audio import AUDIO_SUFFIXES, AudioError, load_audio, log_mel, save_audio
+from wavflow.audio import AUDIO_SUFFIXES, AudioError, estimate_f0, load_audio, log_mel, save_audio
 from wavflow.checkpoint import load_model
 from wavflow.config import FeatureConfig
+from wavflow.nn.conditioning import excitation_phase
 from wavflow.teacher import WaveNet
 from wavflow.training import pick_device
 
@@ -70,29 +71,51 @@ def collect_inputs(inputs: list[Path]) -> list[tuple[Path, Path]]:
     return found
 
 
-def features_of(path: Path, features: FeatureConfig) -> np.ndarray:
-    """Mel (n_mels, frames) of an audio file (computed) or an .npy array (checked).
+def features_of(
+    path: Path, features: FeatureConfig, want_f0: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mel (n_mels, frames) and, when `want_f0`, F0 (frames,) Hz of one input.
+
+    Audio files: both computed (F0 by pyin). Mel arrays (.npy): checked; F0 from a sibling
+    `<name>.f0.npy` when there is one, else None (the model's F0 predictor fills it in).
 
     Raises:
-        AudioError: missing/unreadable file, or a mel array with the wrong shape, naming it.
+        AudioError: missing/unreadable file, or a mel (or F0) array of the wrong shape.
     """
     if not path.exists():
         raise AudioError(f"{path}: no such file")
-    if path.suffix.lower() == ".npy":
-        try:
-            mel = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as error:
-            raise AudioError(f"{path}: not a readable .npy array ({error})") from error
-        if mel.ndim != 2 or mel.shape[0] != features.n_mels:
-            raise AudioError(
-                f"{path}: expected a mel of shape ({features.n_mels}, frames), got {mel.shape}"
-            )
-        if not np.isfinite(mel).all():
-            raise AudioError(f"{path}: the mel holds NaN or infinite values")
-        return mel.astype(np.float32)
-    audio = load_audio(path, features.sample_rate)
-    with torch.no_grad():
-        return log_mel(torch.from_numpy(audio)[None], features)[0].numpy()
+    if path.suffix.lower() != ".npy":
+        audio = load_audio(path, features.sample_rate)
+        with torch.no_grad():
+            mel = log_mel(torch.from_numpy(audio)[None], features)[0].numpy()
+        return mel, estimate_f0(audio, features) if want_f0 else None
+    mel = _load_array(path)
+    if mel.ndim != 2 or mel.shape[0] != features.n_mels:
+        raise AudioError(
+            f"{path}: expected a mel of shape ({features.n_mels}, frames), got {mel.shape}"
+        )
+    f0_path = path.with_name(path.stem + ".f0.npy")
+    if not want_f0 or not f0_path.is_file():
+        return mel, None
+    f0 = _load_array(f0_path)
+    if f0.shape != (mel.shape[1],):
+        raise AudioError(f"{f0_path}: expected F0 of shape ({mel.shape[1]},), got {f0.shape}")
+    return mel, f0
+
+
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise AudioError(f"{path}: not a readable .npy array ({error})") from error
+    if not np.isfinite(array).all():
+        raise AudioError(f"{path}: the array holds NaN or infinite values")
+    return array.astype(np.float32)
+
+
+def has_pitch(model: nn.Module) -> bool:
+    """Whether the model is conditioned on a harmonic excitation from F0."""
+    return bool(getattr(getattr(model, "conditioner", None), "n_harmonics", 0))
 
 
 def prepare_for_inference(model: nn.Module, dtype: str, device: torch.device) -> nn.Module:
@@ -110,15 +133,19 @@ def vocode(
     options: SynthesisOptions,
     generator: torch.Generator | None = None,
     frames: list[int] | None = None,
+    f0: Tensor | None = None,
 ) -> Tensor:
     """Mels (B, n_mels, F) -> audio (B, F * hop) with the options' method, dtype and chunking.
 
     Args:
         frames: true frame count of each item (the rest is padding); the teacher stops there.
+        f0: (B, F) Hz for pitch-conditioned models; None: predicted from the mels.
     """
+    if has_pitch(model) and f0 is None:
+        f0 = predict_f0(model, feats)
     if isinstance(model, WaveNet):
         lengths = None if frames is None else torch.tensor(frames) * features.hop_length
-        cond = model.condition(feats)
+        cond = model.condition(feats, None, f0)
         weights = DTYPES[options.dtype] if options.dtype != "fp32" else None
         x = model.generate(
             cond, options.method, options.temperature, generator, lengths, weight_dtype=weights
@@ -132,10 +159,10 @@ def vocode(
     z = model.base.sample(shape, options.temperature, generator, device=feats.device).to(dtype)
     chunk = _aligned_frames(model, features, options.chunk_seconds)
     if feats.shape[-1] <= chunk:
-        x, _ = model.flow(z, model.condition(feats))
+        x, _ = model.flow(z, model.condition(feats, None, f0))
         return x[:, 0]
     context = _aligned_frames(model, features, _context_seconds(model, features, options))
-    return _vocode_chunks(model, feats, z, chunk, context, features.hop_length)
+    return _vocode_chunks(model, feats, z, chunk, context, features, f0)
 
 
 def _context_seconds(model: nn.Module, features: FeatureConfig, options: SynthesisOptions) -> float:
@@ -154,22 +181,37 @@ def _aligned_frames(model: nn.Module, features: FeatureConfig, seconds: float) -
 
 
 def _vocode_chunks(
-    model: nn.Module, feats: Tensor, z: Tensor, chunk: int, context: int, hop: int
+    model: nn.Module,
+    feats: Tensor,
+    z: Tensor,
+    chunk: int,
+    context: int,
+    features: FeatureConfig,
+    f0: Tensor | None,
 ) -> Tensor:
     """Synthesise frames [s, s + chunk) from a window with `context` frames either side; keep
-    the middle. Window edges are padded (mel floor, zero noise) to keep fold alignment."""
-    frames = feats.shape[-1]
+    the middle. Window edges are padded (mel edge, zero noise) to keep fold alignment; the
+    excitation's phase is the whole utterance's, so it is continuous across chunks."""
+    hop, frames = features.hop_length, feats.shape[-1]
+    phase = None if f0 is None else excitation_phase(f0, hop, features.sample_rate)
     pieces = []
     for start in range(0, frames, chunk):
         stop = min(start + chunk, frames)
         left, right = min(context, start), min(context, frames - stop)
-        window = feats[..., start - left : stop + right]
-        noise = z[..., (start - left) * hop : (stop + right) * hop]
+        span = slice(start - left, stop + right)
+        window, noise = feats[..., span], z[..., span.start * hop : span.stop * hop]
         pad = _fold_padding(model, window.shape[-1], hop)
-        if pad:
-            window = torch.nn.functional.pad(window, (0, pad), mode="replicate")
-            noise = torch.nn.functional.pad(noise, (0, pad * hop))
-        x, _ = model.flow(noise, model.condition(window))
+        window = torch.nn.functional.pad(window, (0, pad), mode="replicate") if pad else window
+        noise = torch.nn.functional.pad(noise, (0, pad * hop))
+        if f0 is None:
+            cond = model.condition(window)
+        else:
+            window_f0 = torch.nn.functional.pad(f0[..., span], (0, pad))
+            window_phase = torch.nn.functional.pad(
+                phase[..., span.start * hop : span.stop * hop], (0, pad * hop)
+            )
+            cond = model.conditioner(window, None, window_f0, window_phase)
+        x, _ = model.flow(noise, cond)
         pieces.append(x[:, 0, left * hop : (left + stop - start) * hop])
     return torch.cat(pieces, dim=-1)
 
@@ -195,20 +237,41 @@ def synthesize_files(
     items = []
     for path, name in collect_inputs(inputs):
         try:
-            items.append((name, features_of(path, features)))
+            items.append((name, *features_of(path, features, has_pitch(model))))
         except AudioError as error:
             report.failed.append((str(path), str(error)))
     items.sort(key=lambda item: item[1].shape[1])
     generator = torch.Generator(device=device).manual_seed(options.seed)
     batches = [items[i : i + options.batch_size] for i in range(0, len(items), options.batch_size)]
     for batch in tqdm(batches, desc="synthesize", unit="batch", disable=not options.progress):
-        feats, frames = _pad_batch([mel for _, mel in batch], features)
-        audio = vocode(model, feats.to(device), features, options, generator, frames)
-        for (name, _), n, wave in zip(batch, frames, audio):
+        feats, frames = _pad_batch([mel for _, mel, _ in batch], features)
+        f0 = _batch_f0([f0 for _, _, f0 in batch], feats, model)
+        f0 = None if f0 is None else f0.to(device)
+        audio = vocode(model, feats.to(device), features, options, generator, frames, f0)
+        for (name, _, _), n, wave in zip(batch, frames, audio):
             path = (out_dir / name).with_suffix(".wav")
             save_audio(path, wave[: n * features.hop_length].float().cpu(), features.sample_rate)
             report.written.append(path)
     return report
+
+
+@torch.inference_mode()
+def predict_f0(model: nn.Module, feats: Tensor) -> Tensor:
+    """F0 (B, F) Hz from mels (B, n_mels, F) by the model's own F0 predictor, float32."""
+    predictor = model.conditioner.f0_predictor
+    return predictor(feats.to(next(predictor.parameters()).dtype)).float()
+
+
+def _batch_f0(f0s: list[np.ndarray | None], feats: Tensor, model: nn.Module) -> Tensor | None:
+    """F0 (B, max F) for a batch: given where known, predicted from the mels where not."""
+    if not has_pitch(model):
+        return None
+    predicted = predict_f0(model, feats)
+    for i, f0 in enumerate(f0s):
+        if f0 is not None:
+            predicted[i] = 0.0
+            predicted[i, : len(f0)] = torch.from_numpy(f0)
+    return predicted
 
 
 def _pad_batch(mels: list[np.ndarray], features: FeatureConfig) -> tuple[Tensor, list[int]]:

@@ -35,6 +35,10 @@ class WaveNet(nn.Module):
         log_scale_min: floor on predicted log-scales.
         n_speakers: speakers for global conditioning (0: none).
         speaker_channels: speaker embedding width.
+        n_harmonics: harmonics of the F0 excitation (0: no pitch). With pitch, the stack also
+            predicts an amplitude per excitation channel and sample, and the location of x_t
+            moves by sum_k a_k(t) e_k(t); the excitation also enters the gates via `cond`.
+        sample_rate: audio rate in Hz (for the excitation).
     """
 
     def __init__(
@@ -52,13 +56,17 @@ class WaveNet(nn.Module):
         log_scale_min: float = -7.0,
         n_speakers: int = 0,
         speaker_channels: int = 16,
+        n_harmonics: int = 0,
+        sample_rate: int = 22050,
     ) -> None:
         super().__init__()
         self.head = build_output(output, n_mixtures, log_scale_min)
-        self.conditioner = Conditioner(n_mels, hop_length, n_speakers, speaker_channels)
+        self.conditioner = Conditioner(
+            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate
+        )
         self.stack = WaveNetStack(
             in_channels=1,
-            out_channels=self.head.n_params,
+            out_channels=self.head.n_params + self.conditioner.excitation_channels,
             n_layers=n_layers,
             n_cycles=n_cycles,
             kernel_size=kernel_size,
@@ -75,14 +83,26 @@ class WaveNet(nn.Module):
         """Past samples x_{t-R}..x_{t-1} that the distribution of x_t depends on (R)."""
         return self.stack.receptive_field
 
-    def condition(self, feats: Tensor, speaker: Tensor | None = None) -> Tensor:
-        """Mels (B, n_mels, F) and speaker ids (B,) -> cond (B, C, F * hop)."""
-        return self.conditioner(feats, speaker)
+    def condition(
+        self, feats: Tensor, speaker: Tensor | None = None, f0: Tensor | None = None
+    ) -> Tensor:
+        """Mels (B, n_mels, F), speaker ids (B,), F0 (B, F) Hz -> cond (B, C, F * hop)."""
+        return self.conditioner(feats, speaker, f0)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         """Teacher-forced distribution parameters of every x_t: (B, 1, T) -> (B, P, T)."""
         shifted = F.pad(x, (1, -1))  # x_{t-1} at position t; zero before the start
-        return self.stack(shifted, cond)
+        return self.head_params(self.stack(shifted, cond), cond)
+
+    def head_params(self, stack_out: Tensor, cond: Tensor) -> Tensor:
+        """The head's parameters (B, P, T) from the stack's output (B, P + 2K, T): with pitch,
+        the predicted amplitudes times the excitation move the location."""
+        excitation = self.conditioner.excitation(cond)
+        if excitation is None:
+            return stack_out
+        params, amplitudes = stack_out.split([self.head.n_params, excitation.shape[1]], dim=1)
+        harmonic = (amplitudes * excitation).sum(dim=1, keepdim=True)
+        return self.head.shift_location(params, harmonic)
 
     def log_prob_per_step(self, x: Tensor, cond: Tensor) -> Tensor:
         """log p(x_t | x_<t, cond) in nats for every t, one parallel pass: (B, T)."""
@@ -129,9 +149,8 @@ class WaveNet(nn.Module):
         elif method == "cached":
             from wavflow.nn.incremental import IncrementalWaveNet
 
-            x = IncrementalWaveNet(self.stack).generate(
-                cond, self.head, noise, temperature, lengths
-            )
+            cached = IncrementalWaveNet(self.stack, dtype=weight_dtype)
+            x = cached.generate(cond, self.head, noise, temperature, lengths)
         else:
             raise ValueError(
                 f"unknown generation method '{method}': use one of {GENERATION_METHODS}"
@@ -147,7 +166,10 @@ class WaveNet(nn.Module):
         shifted = cond.new_zeros(batch, 1, length + 1)  # shifted[t] = x_{t-1}
         for t in range(int(lengths.max())):
             start = max(0, t + 1 - window)
-            params = self.stack(shifted[:, :, start : t + 1], cond[:, :, start : t + 1])[..., -1:]
+            window_cond = cond[:, :, start : t + 1]
+            stack_out = self.stack(shifted[:, :, start : t + 1], window_cond)
+            params = self.head_params(stack_out, window_cond)
+            params = params[..., -1:]
             x_t = self.head.sample(params, noise[:, :, t : t + 1], temperature)
             shifted[:, :, t + 1 : t + 2] = x_t
         x = shifted[:, :, 1:]

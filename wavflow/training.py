@@ -154,6 +154,8 @@ def train(
     run_dir = Path(run_dir)
     is_main = rank == 0
     prepared = PreparedData(data_dir, expected=recipe.features)
+    if recipe.data.harmonics:
+        prepared.require_f0()
     speakers = speakers if speakers is not None else prepared.speakers
 
     model, loss_module = objective.model.to(device), objective.loss.to(device)
@@ -429,8 +431,17 @@ class LikelihoodLoss(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         audio = batch["audio"]
-        cond = self.model.condition(batch["feats"], batch["speaker"])
-        return {"nll": -(self.model.log_prob(audio, cond) / audio.shape[-1]).mean()}
+        cond = self.model.condition(batch["feats"], batch["speaker"], batch.get("f0"))
+        losses = {"nll": -(self.model.log_prob(audio, cond) / audio.shape[-1]).mean()}
+        return losses | f0_predictor_loss(self.model, batch)
+
+
+def f0_predictor_loss(model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+    """{"f0": loss} of the model's F0 predictor when it is conditioned on pitch, else {}."""
+    predictor = getattr(getattr(model, "conditioner", None), "f0_predictor", None)
+    if predictor is None:
+        return {}
+    return {"f0": predictor.loss(batch["feats"], batch["f0"])}
 
 
 def likelihood_objective(kind: str, model: nn.Module, features: FeatureConfig) -> Objective:
@@ -444,7 +455,8 @@ def likelihood_objective(kind: str, model: nn.Module, features: FeatureConfig) -
     def media(model: nn.Module, batch: dict[str, Any], writer: SummaryWriter, step: int) -> None:
         log_media(model, batch, writer, step, features)
 
-    return Objective(kind, model, LikelihoodLoss(model), {"nll": 1.0}, validate, "val/nll", media)
+    weights = {"nll": 1.0, "f0": 1.0}
+    return Objective(kind, model, LikelihoodLoss(model), weights, validate, "val/nll", media)
 
 
 def context_free_nll(audio: Tensor) -> float:
@@ -469,7 +481,8 @@ def log_media(
         batch["feats"][:1, :, :frames],
         batch["audio"][:1, :, : frames * features.hop_length],
     )
-    fake = generate_audio(model, feats, batch["speaker"][:1])
+    f0 = batch["f0"][:1, :frames]
+    fake = generate_audio(model, feats, batch["speaker"][:1], f0=f0)
     rate = features.sample_rate
     writer.add_audio("audio/real", real[0, 0].float().cpu().clamp(-1, 1), step, rate)
     writer.add_audio("audio/generated", fake[0, 0].float().cpu().clamp(-1, 1), step, rate)

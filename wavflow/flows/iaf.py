@@ -54,6 +54,9 @@ class IAFFlow(Flow):
         gate_channels: its gate width (default 2 * hidden_channels).
         input_kernel_size: taps of its causal input conv (ClariNet: 32).
         log_scale_bound: b, the bound of |s|.
+        excitation_channels: 2K when `cond` ends with a harmonic excitation e (B, 2K, T) (see
+            `Conditioner`): the WaveNet also predicts amplitudes a (B, 2K, T) and the shift
+            becomes mu + sum_k a_k e_k, putting the excitation in the signal path.
     """
 
     def __init__(
@@ -66,12 +69,14 @@ class IAFFlow(Flow):
         gate_channels: int | None = None,
         input_kernel_size: int = 1,
         log_scale_bound: float = LOG_SCALE_BOUND,
+        excitation_channels: int = 0,
     ) -> None:
         super().__init__()
         self.log_scale_bound = log_scale_bound
+        self.excitation_channels = excitation_channels
         self.net = WaveNetStack(
             1,
-            2,
+            2 + excitation_channels,
             n_layers,
             n_cycles,
             kernel_size,
@@ -90,7 +95,13 @@ class IAFFlow(Flow):
         return self.net.receptive_field
 
     def _params(self, shifted: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
-        mu, raw = self.net(shifted, cond).chunk(2, dim=1)
+        out = self.net(shifted, cond)
+        if not self.excitation_channels:
+            mu, raw = out.chunk(2, dim=1)
+            return mu, soft_clamp(raw, self.log_scale_bound)
+        mu, raw, amplitudes = out.split([1, 1, self.excitation_channels], dim=1)
+        excitation = cond[:, -self.excitation_channels :]
+        mu = mu + (amplitudes * excitation).sum(dim=1, keepdim=True)
         return mu, soft_clamp(raw, self.log_scale_bound)
 
     def shift_and_log_scale(self, z: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -147,6 +158,8 @@ class IAFStudent(FlowModel):
         input_kernel_size: taps of each WaveNet's causal input conv.
         log_scale_bound: bound of each step's |s| (soft clamp).
         speaker_channels: speaker embedding width.
+        n_harmonics: harmonics of the F0 excitation in every step's shift (0: no pitch).
+        sample_rate: audio rate in Hz (for the excitation).
 
     References:
         van den Oord et al., "Parallel WaveNet", arXiv:1711.10433.
@@ -194,8 +207,12 @@ class IAFStudent(FlowModel):
         input_kernel_size: int = 1,
         log_scale_bound: float = LOG_SCALE_BOUND,
         speaker_channels: int = 16,
+        n_harmonics: int = 0,
+        sample_rate: int = 22050,
     ) -> None:
-        conditioner = Conditioner(n_mels, hop_length, n_speakers, speaker_channels)
+        conditioner = Conditioner(
+            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate
+        )
         for n_layers in flow_layers:
             if n_layers > layers_per_cycle and n_layers % layers_per_cycle:
                 raise ValueError(
@@ -212,6 +229,7 @@ class IAFStudent(FlowModel):
                 gate_channels=gate_channels,
                 input_kernel_size=input_kernel_size,
                 log_scale_bound=log_scale_bound,
+                excitation_channels=conditioner.excitation_channels,
             )
             for n_layers in flow_layers
         ]

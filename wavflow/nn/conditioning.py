@@ -1,6 +1,9 @@
-"""Conditioning: mel frames upsampled to audio rate, plus an optional speaker embedding."""
+"""Conditioning: mel frames upsampled to audio rate, an optional speaker embedding, and an
+optional harmonic excitation built from frame-rate F0."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -57,33 +60,166 @@ class MelUpsampler(nn.Module):
         return h.squeeze(1)
 
 
+def f0_at_audio_rate(f0: Tensor, hop_length: int) -> tuple[Tensor, Tensor]:
+    """Frame-rate F0 (B, F) -> (F0 (B, T) float64 Hz, voiced (B, T) bool), T = F * hop.
+
+    F0 is interpolated between frame centres (j hop + hop / 2) through unvoiced gaps, so the
+    phase stays continuous; voicing follows the nearest frame.
+    """
+    frames = f0.shape[-1]
+    voiced = f0 > 0
+    filled = _fill_unvoiced(f0.double(), voiced)
+    centres = torch.arange(frames * hop_length, device=f0.device, dtype=torch.float64) + 0.5
+    position = (centres / hop_length - 0.5).clamp(0, frames - 1)  # in frames
+    low = position.floor().long()
+    high = (low + 1).clamp(max=frames - 1)
+    weight = position - low
+    f0_audio = filled[:, low] * (1 - weight) + filled[:, high] * weight
+    return f0_audio, voiced[:, (centres / hop_length).long().clamp(max=frames - 1)]
+
+
+def excitation_phase(f0: Tensor, hop_length: int, sample_rate: int) -> Tensor:
+    """phi_t = 2 pi sum_{s<=t} f0_s / sr for frame-rate F0 (B, F): (B, F * hop) float64."""
+    f0_audio, _ = f0_at_audio_rate(f0, hop_length)
+    return 2 * math.pi * torch.cumsum(f0_audio / sample_rate, dim=-1)
+
+
+def harmonic_excitation(
+    f0: Tensor, hop_length: int, sample_rate: int, n_harmonics: int, phase: Tensor | None = None
+) -> Tensor:
+    """Sines and cosines of the first harmonics of F0, at audio rate, zero where unvoiced.
+
+    e_{2k-2}(t) = sin(k phi_t), e_{2k-1}(t) = cos(k phi_t), phi from `excitation_phase`, for
+    k = 1..K; harmonic k is zero where k f0 >= sr / 2 (no aliasing).
+
+    Args:
+        f0: (B, F) Hz at the frame rate, 0 = unvoiced.
+        hop_length, sample_rate: frame hop and rate of the audio.
+        n_harmonics: K.
+        phase: (B, F * hop) phase to use instead of the one accumulated from the start of `f0`
+            (synthesis in chunks passes the slice of the whole utterance's phase, so the
+            excitation is continuous across chunks).
+
+    Returns:
+        (B, 2K, F * hop_length) in the dtype of `f0`.
+    """
+    batch = f0.shape[0]
+    f0_audio, voiced = f0_at_audio_rate(f0, hop_length)
+    if phase is None:
+        phase = 2 * math.pi * torch.cumsum(f0_audio / sample_rate, dim=-1)
+    k = torch.arange(1, n_harmonics + 1, device=f0.device, dtype=torch.float64)[None, :, None]
+    angles = k * phase.double()[:, None]  # (B, K, T)
+    keep = voiced[:, None] & (k * f0_audio[:, None] < sample_rate / 2)
+    waves = torch.stack([torch.sin(angles), torch.cos(angles)], dim=2) * keep[:, :, None]
+    return waves.reshape(batch, 2 * n_harmonics, -1).to(f0.dtype)  # (B, K, 2, T) -> (B, 2K, T)
+
+
+def _fill_unvoiced(f0: Tensor, voiced: Tensor) -> Tensor:
+    """F0 with unvoiced frames replaced by the previous voiced value (the next one at the start;
+    100 Hz when a row has no voiced frame), so interpolation never glides through 0."""
+    frames = f0.shape[-1]
+    index = torch.arange(frames, device=f0.device).expand_as(f0)
+    last = torch.where(voiced, index, torch.full_like(index, -1)).cummax(dim=-1).values
+    first_voiced = torch.where(voiced, index, torch.full_like(index, frames)).min(-1).values
+    source = torch.where(last >= 0, last, first_voiced[:, None]).clamp(max=frames - 1)
+    filled = f0.gather(-1, source)
+    return torch.where(filled > 0, filled, torch.full_like(filled, 100.0))
+
+
+class F0Predictor(nn.Module):
+    """A small frame-rate network that predicts F0 and voicing from mels, for synthesis from
+    mel arrays that come without F0. Trained beside the model it belongs to (`loss`).
+
+    Output channel 0 is log(F0 / 100 Hz), channel 1 the voicing logit.
+    """
+
+    def __init__(self, n_mels: int, channels: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv1d(n_mels, channels, 5, padding=2),
+            nn.LeakyReLU(0.1),
+            nn.Conv1d(channels, channels, 5, padding=2),
+            nn.LeakyReLU(0.1),
+            nn.Conv1d(channels, 2, 1),
+        )
+
+    def forward(self, feats: Tensor) -> Tensor:
+        """(B, n_mels, F) -> F0 (B, F) in Hz, 0 where predicted unvoiced."""
+        log_f0, voicing = self.net(feats).unbind(dim=1)
+        return torch.where(voicing > 0, 100.0 * torch.exp(log_f0), torch.zeros_like(log_f0))
+
+    def loss(self, feats: Tensor, f0: Tensor) -> Tensor:
+        """Voicing cross-entropy plus L1 of log F0 on voiced frames (nats; scalar)."""
+        log_f0, voicing = self.net(feats).unbind(dim=1)
+        voiced = f0 > 0
+        voicing_loss = nn.functional.binary_cross_entropy_with_logits(voicing, voiced.float())
+        target = torch.log(f0.clamp_min(1.0) / 100.0)
+        pitch_loss = ((log_f0 - target).abs() * voiced).sum() / voiced.sum().clamp_min(1)
+        return voicing_loss + pitch_loss
+
+
 class Conditioner(nn.Module):
     """Builds the audio-rate conditioning `cond` (B, C, T) that every model's layers read.
 
-    `cond` = upsampled mel, with a learned speaker embedding broadcast over time when the model
-    has speakers (global conditioning).
+    `cond` = [upsampled mel; speaker embedding broadcast over time when the model has speakers
+    (global conditioning); harmonic excitation (2 * n_harmonics channels, last) when the model
+    is conditioned on pitch]. Models that put the excitation in their signal path read it back
+    with `excitation(cond)`. With pitch, an `F0Predictor` gives F0 for mels that come without.
 
     Args:
         n_mels: mel bands of `feats`.
         hop_length: audio samples per frame.
         n_speakers: number of speakers (0: no global conditioning).
         speaker_channels: embedding width.
+        n_harmonics: harmonics of the F0 excitation (0: no pitch conditioning).
+        sample_rate: audio rate in Hz (needed for the excitation).
     """
 
     def __init__(
-        self, n_mels: int, hop_length: int, n_speakers: int = 0, speaker_channels: int = 16
+        self,
+        n_mels: int,
+        hop_length: int,
+        n_speakers: int = 0,
+        speaker_channels: int = 16,
+        n_harmonics: int = 0,
+        sample_rate: int = 22050,
     ) -> None:
         super().__init__()
         self.upsampler = MelUpsampler(hop_length)
         self.speaker = nn.Embedding(n_speakers, speaker_channels) if n_speakers else None
-        self.out_channels = n_mels + (speaker_channels if n_speakers else 0)
+        self.n_harmonics, self.sample_rate = n_harmonics, sample_rate
+        self.excitation_channels = 2 * n_harmonics
+        self.f0_predictor = F0Predictor(n_mels) if n_harmonics else None
+        self.out_channels = (
+            n_mels + (speaker_channels if n_speakers else 0) + self.excitation_channels
+        )
 
-    def forward(self, feats: Tensor, speaker: Tensor | None = None) -> Tensor:
-        """(B, n_mels, F), speaker ids (B,) -> cond (B, out_channels, F * hop_length)."""
-        cond = self.upsampler(feats)
-        if self.speaker is None:
-            return cond
-        if speaker is None:
-            raise ValueError("this model was trained with speakers: pass a speaker id per item")
-        embedding = self.speaker(speaker)[:, :, None]  # (B, E) -> (B, E, 1)
-        return torch.cat([cond, embedding.expand(-1, -1, cond.shape[-1])], dim=1)
+    def forward(
+        self,
+        feats: Tensor,
+        speaker: Tensor | None = None,
+        f0: Tensor | None = None,
+        phase: Tensor | None = None,
+    ) -> Tensor:
+        """(B, n_mels, F), speaker ids (B,), F0 (B, F) Hz -> cond (B, out_channels, F * hop).
+
+        `phase` (B, F * hop): the excitation's phase when this is a chunk of a longer input.
+        """
+        parts = [self.upsampler(feats)]
+        length = parts[0].shape[-1]
+        if self.speaker is not None:
+            if speaker is None:
+                raise ValueError("this model was trained with speakers: pass a speaker id per item")
+            embedding = self.speaker(speaker)[:, :, None]  # (B, E) -> (B, E, 1)
+            parts.append(embedding.expand(-1, -1, length))
+        if self.n_harmonics:
+            if f0 is None:
+                raise ValueError("this model is conditioned on pitch: pass F0 (B, frames) in Hz")
+            hop = self.upsampler.hop_length
+            excitation = harmonic_excitation(f0, hop, self.sample_rate, self.n_harmonics, phase)
+            parts.append(excitation.to(feats.dtype))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def excitation(self, cond: Tensor) -> Tensor | None:
+        """The excitation channels (B, 2K, T) of a `cond` this module built (None: no pitch)."""
+        return cond[:, -self.excitation_channels :] if self.n_harmonics else None
