@@ -1,0 +1,159 @@
+"""Pitch conditioning: F0 tracking, the harmonic excitation, and its place in the models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from wavflow.audio import estimate_f0
+from wavflow.config import FeatureConfig
+from wavflow.flows import IAFStudent
+from wavflow.nn.conditioning import F0Predictor, excitation_phase, harmonic_excitation
+from wavflow.teacher import WaveNet
+
+FEATURES = FeatureConfig(sample_rate=16000, n_fft=1024, hop_length=256, win_length=1024)
+
+
+def test_pyin_f0_is_aligned_with_mel_frames():
+    t = np.arange(16000 * 2) / 16000
+    f0_true = 120 + 40 * t  # a rising tone, frame j centred on j * hop + hop / 2
+    audio = 0.5 * np.sin(2 * np.pi * np.cumsum(f0_true) / 16000).astype(np.float32)
+    audio[16000:20000] = 0.0
+    f0 = estimate_f0(audio, FEATURES)
+    assert f0.shape == (len(audio) // 256,)
+    centres = (np.arange(len(f0)) * 256 + 128) / 16000
+    voiced = f0 > 0
+    assert voiced.mean() > 0.7 and not voiced[66:76].any()
+    cents = 1200 * np.abs(np.log2(f0[voiced] / (120 + 40 * centres[voiced])))
+    assert np.median(cents) < 20
+
+
+def test_excitation_harmonics_voicing_and_nyquist():
+    f0 = torch.tensor([[0.0, 0.0, 200.0, 200.0, 200.0, 0.0, 3000.0, 3000.0]])
+    e = harmonic_excitation(f0, 100, 16000, n_harmonics=3)
+    assert e.shape == (1, 6, 800)
+    assert e[:, :, :200].abs().max() == 0 and e[:, :, 500:600].abs().max() == 0
+    voiced = e[0, :, 250:450]
+    # sin^2 + cos^2 = 1 for each harmonic below Nyquist
+    assert torch.allclose(voiced[0] ** 2 + voiced[1] ** 2, torch.ones(200), atol=1e-5)
+    phase = torch.atan2(voiced[0].double(), voiced[1].double())  # sin, cos of the phase
+    step = torch.remainder(phase[1:] - phase[:-1], 2 * math.pi)
+    assert torch.allclose(step, torch.full_like(step, 2 * math.pi * 200 / 16000), atol=1e-4)
+    assert e[0, 4:, 650:].abs().max() == 0  # harmonic 3 of 3 kHz is above 8 kHz
+    assert e[0, 2:4, 650:].abs().max() > 0  # harmonic 2 (6 kHz) is below
+
+
+def test_excitation_phase_is_continuous_across_chunks():
+    torch.manual_seed(0)
+    f0 = 100 + 100 * torch.rand(1, 12)
+    whole = harmonic_excitation(f0, 64, 16000, 4)
+    phase = excitation_phase(f0, 64, 16000)
+    left = harmonic_excitation(f0[:, :6], 64, 16000, 4, phase[:, : 6 * 64])
+    right = harmonic_excitation(f0[:, 6:], 64, 16000, 4, phase[:, 6 * 64 :])
+    joined = torch.cat([left, right], dim=-1)
+    # Away from the cut the chunks agree with the whole; at the cut there is no phase jump.
+    assert torch.allclose(joined[..., :300], whole[..., :300], atol=1e-4)
+    step = (joined[0, 0, 6 * 64] - joined[0, 0, 6 * 64 - 1]).abs()
+    assert step < 2 * math.pi * 200 / 16000 + 1e-3
+
+
+def _pitch_teacher() -> WaveNet:
+    torch.manual_seed(0)
+    model = WaveNet(
+        n_mels=8,
+        hop_length=16,
+        n_layers=4,
+        n_cycles=2,
+        residual_channels=8,
+        gate_channels=16,
+        skip_channels=8,
+        output="gaussian",
+        n_harmonics=3,
+        sample_rate=16000,
+    ).double()
+    with torch.no_grad():
+        model.stack.head_out.weight.normal_(0, 0.3)
+    return model
+
+
+def test_teacher_location_moves_with_the_excitation():
+    model = _pitch_teacher()
+    feats = torch.randn(1, 8, 4, dtype=torch.float64)
+    x = 0.1 * torch.randn(1, 1, 64, dtype=torch.float64)
+    voiced = model(x, model.condition(feats, f0=torch.full((1, 4), 150.0, dtype=torch.float64)))
+    other = model(x, model.condition(feats, f0=torch.full((1, 4), 300.0, dtype=torch.float64)))
+    unvoiced = model(x, model.condition(feats, f0=torch.zeros(1, 4, dtype=torch.float64)))
+    assert not torch.allclose(voiced[:, 0], other[:, 0])
+    assert model.conditioner.out_channels == 8 + 6
+    with pytest.raises(ValueError, match="pitch"):
+        model.condition(feats)
+    assert unvoiced.shape == voiced.shape
+
+
+def test_pitch_teacher_is_causal_and_naive_matches_teacher_forcing():
+    model = _pitch_teacher()
+    cond = model.condition(
+        torch.randn(1, 8, 3, dtype=torch.float64),
+        f0=torch.tensor([[120.0, 0.0, 180.0]], dtype=torch.float64),
+    )
+    generated = model.generate(cond, "naive", temperature=0.0)
+    params = model(generated, cond)
+    mean, _ = model.head.split(params)
+    assert torch.allclose(generated, mean.clamp(-1, 1), atol=1e-9)
+    x = torch.rand(1, 1, 48, dtype=torch.float64).requires_grad_()
+    (grad,) = torch.autograd.grad(model(x, cond)[0, :, 20].sum(), x)
+    assert grad[0, 0, 20:].abs().max() == 0
+
+
+def test_iaf_shift_carries_the_excitation():
+    torch.manual_seed(0)
+    student = IAFStudent(
+        8,
+        16,
+        base="gaussian",
+        flow_layers=(2, 2),
+        layers_per_cycle=2,
+        channels=8,
+        n_harmonics=3,
+        sample_rate=16000,
+    ).double()
+    with torch.no_grad():
+        for flow in student.flow.flows:
+            flow.net.head_out.weight.normal_(0, 0.3)
+    feats = torch.randn(1, 8, 4, dtype=torch.float64)
+    z = torch.randn(1, 1, 64, dtype=torch.float64)
+    a = student.flow(z, student.condition(feats, f0=torch.full((1, 4), 150.0).double()))[0]
+    b = student.flow(z, student.condition(feats, f0=torch.full((1, 4), 250.0).double()))[0]
+    assert not torch.allclose(a, b)
+    x, log_q = student.rsample_and_log_prob(
+        student.condition(feats, f0=torch.full((1, 4), 150.0).double())
+    )
+    cond = student.condition(feats, f0=torch.full((1, 4), 150.0).double())
+    assert torch.allclose(student.log_prob(x, cond), log_q, atol=1e-6)
+
+
+def test_f0_predictor_learns_a_mel_to_f0_mapping():
+    torch.manual_seed(0)
+    predictor = F0Predictor(n_mels=8, channels=16)
+    f0 = torch.where(torch.rand(16, 20) > 0.3, 100 + 200 * torch.rand(16, 20), torch.zeros(16, 20))
+    feats = torch.cat(
+        [
+            torch.log(f0.clamp_min(1) / 100)[:, None],
+            (f0 > 0).float()[:, None],
+            torch.randn(16, 6, 20),
+        ],
+        dim=1,
+    )
+    optimizer = torch.optim.Adam(predictor.parameters(), 1e-2)
+    first = float(predictor.loss(feats, f0))
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss = predictor.loss(feats, f0)
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < first / 4
+    predicted = predictor(feats)
+    assert ((predicted > 0) == (f0 > 0)).float().mean() > 0.9
