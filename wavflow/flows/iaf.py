@@ -160,6 +160,8 @@ class IAFStudent(FlowModel):
         speaker_channels: speaker embedding width.
         n_harmonics: harmonics of the F0 excitation in every step's shift (0: no pitch).
         sample_rate: audio rate in Hz (for the excitation).
+        init_log_scale: initial log-scale of the first step (0: every step the identity; about
+            log(0.05) = -3 starts a distilled student near the scale of speech).
 
     References:
         van den Oord et al., "Parallel WaveNet", arXiv:1711.10433.
@@ -209,6 +211,7 @@ class IAFStudent(FlowModel):
         speaker_channels: int = 16,
         n_harmonics: int = 0,
         sample_rate: int = 22050,
+        init_log_scale: float = 0.0,
     ) -> None:
         conditioner = Conditioner(
             n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate
@@ -233,6 +236,12 @@ class IAFStudent(FlowModel):
             )
             for n_layers in flow_layers
         ]
+        if init_log_scale:
+            # The first step's log-scale output starts at this bias, so a new student emits
+            # noise at about the scale of audio rather than unit variance: its KL to a teacher
+            # starts in the hundreds instead of the thousands of nats per sample.
+            with torch.no_grad():
+                flows[0].net.head_out.bias[1] = init_log_scale
         super().__init__(SequentialFlow(flows), make_base(base), conditioner)
         add_weight_norm(self.flow)
 
