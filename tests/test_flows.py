@@ -6,6 +6,7 @@ identity and gradients flow past them) and runs it once, which initialises any A
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +19,12 @@ from wavflow.flows import (
     STUDENTS,
     ActNorm,
     AffineCoupling,
+    DepthwiseWaveNet,
     FactorOut,
     Flow,
     FloWaveNet,
     FlowModel,
+    FrameRateConditioner,
     IAFFlow,
     IAFStudent,
     Inverse,
@@ -30,6 +33,7 @@ from wavflow.flows import (
     Reverse,
     SequentialFlow,
     Squeeze,
+    SqueezeWave,
     StandardGaussian,
     StandardLogistic,
     SwapHalves,
@@ -37,6 +41,7 @@ from wavflow.flows import (
     build_student,
     student_sizes,
 )
+from wavflow.flows.squeezewave import gated_tanh
 from wavflow.nn.conv import ZeroConv1d
 
 DTYPE = torch.float64
@@ -71,6 +76,13 @@ def coupling_sizes() -> dict:
     return {"n_layers": 2, "kernel_size": 3, "hidden_channels": 6}
 
 
+def depthwise_coupling(channels: int) -> AffineCoupling:
+    """A SqueezeWave coupling: its transform is a depthwise-separable stack, dilations 1, 2."""
+    half = channels // 2
+    net = DepthwiseWaveNet(half, 2 * (channels - half), COND_CHANNELS, 2, 6, 3, dilation_base=2)
+    return AffineCoupling(channels, COND_CHANNELS, net=net)
+
+
 LAYER_CASES = [
     Case("actnorm", lambda: ActNorm(4), z_shape=(4, 8)),
     Case("invconv", lambda: Invertible1x1Conv(4), z_shape=(4, 8)),
@@ -89,7 +101,22 @@ LAYER_CASES = [
         reads_cond=True,
         has_identity_init=True,
     ),
+    Case(
+        "depthwise_coupling",
+        lambda: depthwise_coupling(4),
+        z_shape=(4, 8),
+        reads_cond=True,
+        has_identity_init=True,
+    ),
+    Case(
+        "depthwise_coupling_odd",
+        lambda: depthwise_coupling(3),
+        z_shape=(3, 8),
+        reads_cond=True,
+        has_identity_init=True,
+    ),
     Case("squeeze", lambda: Squeeze(2), z_shape=(2, 8), x_shape=(4, 4)),
+    Case("squeeze_keep_cond", lambda: Squeeze(2, fold_cond=False), z_shape=(2, 8), x_shape=(4, 4)),
     Case(
         "squeezed_coupling",  # cond must be folded with the audio to reach the coupling
         lambda: SequentialFlow(
@@ -155,6 +182,26 @@ STUDENT_CASES = [
         lambda: FloWaveNet(N_MELS, HOP, **{**FloWaveNet.PRESETS["tiny"], "blocks_per_split": 2}),
         reads_cond=True,
     ),
+    Case(  # fold 8 > hop 4: two frames stacked per step
+        "student_squeezewave",
+        lambda: SqueezeWave(N_MELS, HOP, **SqueezeWave.PRESETS["tiny"]),
+        reads_cond=True,
+    ),
+    Case(  # fold 2 < hop 4: each frame repeated for two steps; no early outputs
+        "student_squeezewave_fold_2_lu",
+        lambda: SqueezeWave(
+            N_MELS, HOP, 2, n_flows=3, fold=2, n_layers=2, channels=6, early_channels=0, lu=True
+        ),
+        reads_cond=True,
+        n_speakers=2,
+    ),
+    Case(  # fold = hop: one frame per step; an early output after every flow
+        "student_squeezewave_fold_hop",
+        lambda: SqueezeWave(
+            N_MELS, HOP, n_flows=2, fold=4, n_layers=1, channels=4, early_every=1, early_channels=2
+        ),
+        reads_cond=True,
+    ),
 ]
 
 CASES = LAYER_CASES + STUDENT_CASES
@@ -203,7 +250,7 @@ def build(case: Case, seed: int = 0, perturbed: bool = True, warm: bool = True) 
         feats = first
         with torch.no_grad():
             cond = module.condition(feats, speaker)
-        z = torch.randn(BATCH, 1, cond.shape[-1], dtype=DTYPE)
+        z = torch.randn(BATCH, 1, FRAMES * HOP, dtype=DTYPE)
         built = Built(module, module.flow, z, cond, feats, speaker)
     else:
         built = Built(module, module, first, cond)
@@ -431,6 +478,8 @@ def test_squeeze_folds_cond_and_rejects_odd_lengths() -> None:
     assert x[0, :, 1].tolist() == [3.0, 4.0, 5.0]  # one group of 3 samples per time step
     torch.testing.assert_close(layer.transform_cond(z), x)
     torch.testing.assert_close(layer.transform_cond(x, inverse=True), z)
+    keep = Squeeze(3, fold_cond=False)  # cond already at the folded rate
+    assert keep.transform_cond(x) is x and keep.transform_cond(x, inverse=True) is x
     with pytest.raises(ValueError, match="factor=5"):
         Squeeze(5)(z)
     model = WaveGlow(N_MELS, HOP, **WaveGlow.PRESETS["tiny"])
@@ -501,3 +550,105 @@ def test_build_student_validates_kind_and_sizes() -> None:
         build_student("wavernn", N_MELS, HOP)
     with pytest.raises(ValueError, match="'n_flow'"):
         build_student("waveglow", N_MELS, HOP, n_flow=3)
+
+
+# bf16 inference: every student samples in bfloat16, close to its float32 samples (same noise).
+@pytest.mark.parametrize("case", STUDENT_CASES, ids=STUDENT_IDS)
+def test_bf16_sample_stays_close_to_fp32(case: Case) -> None:
+    # Output convs of std 0.05, not 0.3: the larger random log-scales make some tiny students
+    # amplify any relative change of z or weights ~20x (fp32 included), which would test the
+    # draw rather than bf16. Errors here are ~0.005 (bf16 keeps 8 bits: 0.4% per rounding).
+    built = build(case, perturbed=False, warm=False)
+    perturb(built.module, std=0.05)
+    with torch.no_grad():
+        built.flow(built.z, built.cond)  # ActNorm init in float64
+    samples = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = copy.deepcopy(built.module).to(dtype).eval()
+        with torch.inference_mode():
+            cond = model.condition(built.feats.to(dtype), built.speaker)
+            samples[dtype] = model.sample(cond, generator=torch.Generator().manual_seed(5))
+        assert samples[dtype].dtype == dtype and samples[dtype].shape == (BATCH, 1, FRAMES * HOP)
+    reference, low = samples[torch.float32], samples[torch.bfloat16].float()
+    assert torch.isfinite(low).all()
+    relative = (low - reference).norm() / reference.norm()
+    assert relative < 0.03, f"bf16 vs fp32 relative error {relative:.3f}"
+
+
+def test_invertible_conv_cache_follows_the_weights() -> None:
+    for lu in (False, True):
+        layer = Invertible1x1Conv(4, lu=lu).to(DTYPE)
+        z = torch.randn(2, 4, 5, dtype=DTYPE)
+        with torch.no_grad():
+            x, logdet = layer(z)
+            assert layer._cache is not None  # no gradient needed: the matrices are kept
+            x_again, _ = layer(z)
+            assert torch.equal(x, x_again)
+            for parameter in layer.parameters():  # an optimiser step, in place
+                parameter.add_(0.1)
+            x_new, logdet_new = layer(z)
+        expected, expected_logdet = layer(z)  # with gradients: computed afresh, never cached
+        torch.testing.assert_close(x_new, expected)
+        torch.testing.assert_close(logdet_new, expected_logdet)
+        assert not torch.allclose(x_new, x) and not torch.allclose(logdet_new, logdet)
+        with torch.no_grad():
+            z_back, _ = layer.inverse(x_new)
+        torch.testing.assert_close(z_back, z)
+        # A bf16 copy: W, log|det W| and W^-1 come from float32, then cast.
+        low = copy.deepcopy(layer).to(torch.bfloat16)
+        with torch.inference_mode():
+            x_low, logdet_low = low(z.to(torch.bfloat16))
+            z_low, _ = low.inverse(x_low)
+        assert x_low.dtype == torch.bfloat16 and logdet_low.dtype == torch.bfloat16
+        torch.testing.assert_close(z_low.double(), z, atol=0.1, rtol=0.05)
+
+
+def test_frame_rate_conditioner_repeats_or_stacks_frames() -> None:
+    feats = torch.arange(2 * 3 * 4, dtype=DTYPE).reshape(2, 3, 4)
+    repeated = FrameRateConditioner(3, hop_length=4, fold=2)(feats)  # 2 steps per frame
+    assert repeated.shape == (2, 3, 8)
+    torch.testing.assert_close(repeated[..., ::2], feats)
+    torch.testing.assert_close(repeated[..., 1::2], feats)
+    stacked = FrameRateConditioner(3, hop_length=4, fold=8)(feats)  # 2 frames per step
+    assert stacked.shape == (2, 6, 2)
+    torch.testing.assert_close(stacked[:, 0:2, 1], feats[:, 0, 2:4])  # mel 0, frames 2 and 3
+    same = FrameRateConditioner(3, hop_length=4, fold=4)(feats)
+    torch.testing.assert_close(same, feats)
+    with_speaker = FrameRateConditioner(3, 4, 2, n_speakers=3, speaker_channels=5)
+    assert with_speaker(feats, torch.tensor([0, 2])).shape == (2, 3 + 5, 8)
+    with pytest.raises(ValueError, match="one must divide the other"):
+        FrameRateConditioner(3, hop_length=4, fold=6)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        FrameRateConditioner(3, hop_length=4, fold=8)(feats[..., :3])
+
+
+def test_squeezewave_published_layout() -> None:
+    """SqueezeWave-128L's flows (channels shrunk): 128 samples per step, 16 channels out every
+    2 flows, cond at the folded rate, and T = fold * cond's length."""
+    preset = {**SqueezeWave.PRESETS["squeezewave_128l"], "channels": 4, "n_layers": 1}
+    model = SqueezeWave(80, 256, **preset)
+    widths = [
+        m.n_condition + m.n_transform for m in model.modules() if isinstance(m, AffineCoupling)
+    ]
+    assert widths == [48, 48, 64, 64, 80, 80, 96, 96, 112, 112, 128, 128]
+    assert [m.n_factored for m in model.modules() if isinstance(m, FactorOut)] == [16] * 5
+    assert model.time_multiple == model.samples_per_cond_step == 128
+    with torch.no_grad():
+        cond = model.condition(torch.randn(1, 80, 3))
+        assert cond.shape == (1, 80, 3 * 256 // 128)
+        x = model.sample(cond)
+    assert x.shape == (1, 1, 3 * 256)
+    for name in ("squeezewave", "squeezewave_64l", "squeezewave_128s", "squeezewave_64s"):
+        assert SqueezeWave.PRESETS[name]["fold"] in (128, 256)
+    with pytest.raises(ValueError, match="at least 2"):
+        SqueezeWave(80, 256, n_flows=12, fold=64, early_channels=16)
+
+
+def test_gated_tanh_is_tanh_times_sigmoid() -> None:
+    filt, gate = torch.randn(2, 2, 3, 50, dtype=DTYPE).mul(4).unbind(0)
+    expected = torch.tanh(filt) * torch.sigmoid(gate)
+    with torch.no_grad():  # the in-place path
+        torch.testing.assert_close(gated_tanh(filt, gate), expected, atol=1e-15, rtol=0)
+    filt.requires_grad_(True)
+    torch.testing.assert_close(gated_tanh(filt, gate), expected, atol=1e-15, rtol=0)
+    assert torch.autograd.gradcheck(gated_tanh, (filt[:, :4], gate[:, :4]))

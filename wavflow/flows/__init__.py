@@ -1,4 +1,4 @@
-"""Parallel flow students: one Flow interface, the IAF student and two coupling students."""
+"""Parallel flow students: one Flow interface, the IAF student and three coupling students."""
 
 from __future__ import annotations
 
@@ -25,12 +25,14 @@ from wavflow.flows.layers import (
     Squeeze,
     SwapHalves,
 )
+from wavflow.flows.squeezewave import DepthwiseWaveNet, FrameRateConditioner, SqueezeWave
 from wavflow.flows.waveglow import WaveGlow
 
 STUDENTS: dict[str, type[FlowModel]] = {
     "iaf": IAFStudent,
     "waveglow": WaveGlow,
     "flowavenet": FloWaveNet,
+    "squeezewave": SqueezeWave,
 }
 
 _SHARED_ARGS = ("self", "n_mels", "hop_length", "n_speakers")
@@ -47,7 +49,7 @@ def student_sizes(kind: str) -> list[str]:
 def build_student(
     kind: str, n_mels: int, hop_length: int, n_speakers: int = 0, **sizes: object
 ) -> FlowModel:
-    """Builds the student `kind` ("iaf", "waveglow", "flowavenet") from plain arguments.
+    """Builds the student `kind` (a key of `STUDENTS`) from plain arguments.
 
     Args:
         kind: a key of `STUDENTS`.
@@ -75,10 +77,12 @@ __all__ = [
     "STUDENTS",
     "ActNorm",
     "AffineCoupling",
+    "DepthwiseWaveNet",
     "FactorOut",
     "FloWaveNet",
     "Flow",
     "FlowModel",
+    "FrameRateConditioner",
     "IAFFlow",
     "IAFStudent",
     "Inverse",
@@ -86,6 +90,7 @@ __all__ = [
     "Permute",
     "Reverse",
     "SequentialFlow",
+    "SqueezeWave",
     "Squeeze",
     "StandardGaussian",
     "StandardLogistic",

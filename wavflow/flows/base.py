@@ -214,20 +214,31 @@ class FlowModel(nn.Module):
         base: the base distribution of z.
         conditioner: maps (feats, speaker) to the `cond` the flow reads.
         time_multiple: T must be a multiple of this (the product of the flow's time folds).
+        samples_per_cond_step: audio samples per time step of `cond`: 1 for an audio-rate
+            `cond` (most students), the fold for one built at the folded rate (SqueezeWave).
     """
 
     def __init__(
-        self, flow: Flow, base: BaseDistribution, conditioner: nn.Module, time_multiple: int = 1
+        self,
+        flow: Flow,
+        base: BaseDistribution,
+        conditioner: nn.Module,
+        time_multiple: int = 1,
+        samples_per_cond_step: int = 1,
     ) -> None:
         super().__init__()
         self.flow = flow
         self.base = base
         self.conditioner = conditioner
         self.time_multiple = time_multiple
+        self.samples_per_cond_step = samples_per_cond_step
 
-    def condition(self, feats: Tensor, speaker: Tensor | None = None) -> Tensor:
-        """(B, n_mels, frames), speaker ids (B,) or None -> cond (B, C, frames * hop_length)."""
-        return self.conditioner(feats, speaker)
+    def condition(
+        self, feats: Tensor, speaker: Tensor | None = None, f0: Tensor | None = None
+    ) -> Tensor:
+        """(B, n_mels, frames), speaker ids (B,) or None, F0 (B, frames) Hz or None -> cond
+        (B, C, T // samples_per_cond_step) with T = frames * hop_length: what the flow reads."""
+        return self.conditioner(feats, speaker, f0)
 
     def _check_length(self, length: int) -> None:
         if length % self.time_multiple:
@@ -239,12 +250,19 @@ class FlowModel(nn.Module):
     def sample_noise(
         self, cond: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
-        """z (B, 1, T) from the base distribution, T = cond's length, on cond's device/dtype."""
-        self._check_length(cond.shape[-1])
-        shape = (cond.shape[0], 1, cond.shape[-1])
+        """z (B, 1, T) from the base distribution, on cond's device and in cond's dtype.
+
+        T = cond's length * `samples_per_cond_step`. The noise is drawn in at least float32 and
+        then cast, so a bfloat16 model gets the same noise (rounded) as a float32 one.
+        """
+        length = cond.shape[-1] * self.samples_per_cond_step
+        self._check_length(length)
+        shape = (cond.shape[0], 1, length)
         if temperature == 0:
             return cond.new_zeros(shape)
-        return self.base.sample(shape, temperature, generator, device=cond.device, dtype=cond.dtype)
+        dtype = torch.promote_types(cond.dtype, torch.float32)
+        z = self.base.sample(shape, temperature, generator, device=cond.device, dtype=dtype)
+        return z.to(cond.dtype)
 
     def sample(
         self, cond: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
@@ -252,7 +270,7 @@ class FlowModel(nn.Module):
         """Audio x = f(z; cond), z = temperature * eps. Temperature 0 gives the path of z = 0.
 
         Args:
-            cond: (B, C, T) from `condition`.
+            cond: from `condition`, (B, C, T // samples_per_cond_step).
             temperature: scale of the base noise.
             generator: RNG for the noise (on cond's device).
 
@@ -277,7 +295,7 @@ class FlowModel(nn.Module):
         distillation KL needs. `log_q` is the density of the model at temperature 1, at x.
 
         Args:
-            cond: (B, C, T) from `condition`.
+            cond: from `condition`, (B, C, T // samples_per_cond_step).
             temperature: scale of the base noise.
             generator: RNG for the noise.
 

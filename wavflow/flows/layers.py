@@ -82,12 +82,28 @@ class ActNorm(Flow):
         return (x - self.bias) * torch.exp(-self.log_scale), -self._logdet(x)
 
 
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype for determinants and inverses of a `dtype` weight: at least float32.
+
+    LU, `slogdet` and `inv` have no bfloat16/float16 kernels, and a low-precision inverse would
+    not be an inverse; float64 stays float64 (the tests' dtype).
+    """
+    return torch.promote_types(dtype, torch.float32)
+
+
 class Invertible1x1Conv(Flow):
     """Channel mixing x_t = W z_t at every time step, W starting as a random rotation.
 
     log|det dx/dz| = T * log|det W|. With `lu`, W = P L (U + diag(sign * exp(log_s))) with P
     fixed, L unit lower and U strictly upper triangular (Glow), so the log-det is
     T * sum(log_s) with no determinant to compute.
+
+    W, log|det W| and W^-1 are computed in at least float32 (`working_dtype`) and cast to the
+    activations' dtype, so the layer runs when the module is cast to bfloat16. When no gradient
+    is needed (`torch.no_grad`, `torch.inference_mode`, frozen weights) they are cached; the
+    cache holds a copy of the parameters it was computed from and is used only while they are
+    still equal (compared exactly, O(C^2) against the O(C^3) it saves), so training steps,
+    `load_state_dict` and dtype or device casts all recompute it.
 
     Args:
         channels: C.
@@ -100,6 +116,7 @@ class Invertible1x1Conv(Flow):
         if torch.linalg.det(weight) < 0:  # start as a rotation (det +1), as WaveGlow does
             weight[:, 0] = -weight[:, 0]
         self.lu = lu
+        self._cache: tuple[list[Tensor], dict[str, Tensor]] | None = None
         if not lu:
             self.weight = nn.Parameter(weight)
             return
@@ -111,24 +128,71 @@ class Invertible1x1Conv(Flow):
         self.upper = nn.Parameter(torch.triu(upper, 1))
         self.log_s = nn.Parameter(torch.log(diagonal.abs()))
 
-    def weight_and_logabsdet(self) -> tuple[Tensor, Tensor]:
-        """W (C, C) and log|det W| (a scalar)."""
+    def _sources(self) -> list[Tensor]:
+        """Every tensor W depends on."""
         if not self.lu:
-            return self.weight, torch.linalg.slogdet(self.weight).logabsdet
-        eye = torch.eye(self.log_s.shape[0], dtype=self.log_s.dtype, device=self.log_s.device)
-        lower = torch.tril(self.lower, -1) + eye
-        upper = torch.triu(self.upper, 1) + torch.diag(self.sign * torch.exp(self.log_s))
-        return self.permutation @ lower @ upper, self.log_s.sum()
+            return [self.weight]
+        return [self.lower, self.upper, self.log_s, self.sign, self.permutation]
+
+    def _compute(self) -> tuple[Tensor, Tensor]:
+        """W (C, C) and log|det W| in `working_dtype`, differentiable."""
+        if not self.lu:
+            weight = self.weight.to(working_dtype(self.weight.dtype))
+            return weight, torch.linalg.slogdet(weight).logabsdet
+        dtype = working_dtype(self.log_s.dtype)
+        lower, upper, log_s = (p.to(dtype) for p in (self.lower, self.upper, self.log_s))
+        eye = torch.eye(log_s.shape[0], dtype=dtype, device=log_s.device)
+        lower = torch.tril(lower, -1) + eye
+        upper = torch.triu(upper, 1) + torch.diag(self.sign.to(dtype) * torch.exp(log_s))
+        return self.permutation.to(dtype) @ lower @ upper, log_s.sum()
+
+    def _cached(self) -> dict[str, Tensor] | None:
+        """{"weight", "logabsdet", "inverse"} when no gradient is needed, else None."""
+        sources = self._sources()
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in sources)
+        if needs_grad or torch.jit.is_tracing():
+            return None
+        if self._cache is not None:
+            saved, matrices = self._cache
+            if all(
+                s.dtype == p.dtype and s.device == p.device and torch.equal(s, p)
+                for s, p in zip(saved, sources)
+            ):
+                return matrices
+        with torch.no_grad():
+            weight, logabsdet = self._compute()
+            matrices = {
+                "weight": weight,
+                "logabsdet": logabsdet,
+                "inverse": torch.linalg.inv(weight),
+            }
+            self._cache = ([p.detach().clone() for p in sources], matrices)
+        return matrices
+
+    def weight_and_logabsdet(self) -> tuple[Tensor, Tensor]:
+        """W (C, C) and log|det W| (a scalar), in `working_dtype` of the parameters."""
+        cached = self._cached()
+        if cached is not None:
+            return cached["weight"], cached["logabsdet"]
+        return self._compute()
+
+    def inverse_and_logabsdet(self) -> tuple[Tensor, Tensor]:
+        """W^-1 (C, C) and log|det W| (a scalar), in `working_dtype` of the parameters."""
+        cached = self._cached()
+        if cached is not None:
+            return cached["inverse"], cached["logabsdet"]
+        weight, logabsdet = self._compute()
+        return torch.linalg.inv(weight), logabsdet
 
     def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         weight, logabsdet = self.weight_and_logabsdet()
-        x = torch.matmul(weight, z)  # (C, C) @ (B, C, T) -> (B, C, T)
-        return x, (z.shape[-1] * logabsdet).expand(z.shape[0])
+        x = torch.matmul(weight.to(z.dtype), z)  # (C, C) @ (B, C, T) -> (B, C, T)
+        return x, (z.shape[-1] * logabsdet).to(z.dtype).expand(z.shape[0])
 
     def inverse(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        weight, logabsdet = self.weight_and_logabsdet()
-        z = torch.linalg.solve(weight, x)  # W^-1 x, batched over (B, T)
-        return z, -(x.shape[-1] * logabsdet).expand(x.shape[0])
+        inverse_weight, logabsdet = self.inverse_and_logabsdet()
+        z = torch.matmul(inverse_weight.to(x.dtype), x)  # W^-1 x, batched over (B, T)
+        return z, -(z.shape[-1] * logabsdet).to(x.dtype).expand(x.shape[0])
 
 
 class AffineCoupling(Flow):
@@ -138,8 +202,9 @@ class AffineCoupling(Flow):
         x = [z_a, z_b * exp(s) + shift],   log|det dx/dz| = sum s
 
     The transform is a non-causal `WaveNetStack` whose output conv starts at zero, so a new
-    layer is the identity. The log-scale is soft-clamped (`soft_clamp`) so exp(s) stays finite
-    in both directions during early training.
+    layer is the identity, unless another `net` is given (SqueezeWave's depthwise-separable
+    stack). The log-scale is soft-clamped (`soft_clamp`) so exp(s) stays finite in both
+    directions during early training.
 
     Args:
         channels: C of z; the first C // 2 condition the remaining C - C // 2.
@@ -149,6 +214,9 @@ class AffineCoupling(Flow):
         hidden_channels: its residual and skip width.
         gate_channels: its gate width (default 2 * hidden_channels).
         log_scale_bound: b, the bound of |s|.
+        net: a transform to use instead of the WaveNet (whose sizes are then unused):
+            (B, C // 2, T), cond -> (B, 2 * (C - C // 2), T), shift first then raw log-scale,
+            with an output that starts at zero.
     """
 
     def __init__(
@@ -160,6 +228,7 @@ class AffineCoupling(Flow):
         hidden_channels: int = 256,
         gate_channels: int | None = None,
         log_scale_bound: float = LOG_SCALE_BOUND,
+        net: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if channels < 2:
@@ -167,19 +236,21 @@ class AffineCoupling(Flow):
         self.n_condition = channels // 2
         self.n_transform = channels - self.n_condition
         self.log_scale_bound = log_scale_bound
-        self.net = WaveNetStack(
-            self.n_condition,
-            2 * self.n_transform,
-            n_layers,
-            n_cycles=1,
-            kernel_size=kernel_size,
-            residual_channels=hidden_channels,
-            gate_channels=gate_channels or 2 * hidden_channels,
-            skip_channels=hidden_channels,
-            cond_channels=cond_channels,
-            causal=False,
-            zero_output=True,
-        )
+        if net is None:
+            net = WaveNetStack(
+                self.n_condition,
+                2 * self.n_transform,
+                n_layers,
+                n_cycles=1,
+                kernel_size=kernel_size,
+                residual_channels=hidden_channels,
+                gate_channels=gate_channels or 2 * hidden_channels,
+                skip_channels=hidden_channels,
+                cond_channels=cond_channels,
+                causal=False,
+                zero_output=True,
+            )
+        self.net = net
 
     def _shift_and_log_scale(self, half: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
         shift, raw = self.net(half, cond).chunk(2, dim=1)
@@ -223,17 +294,21 @@ def unfold(x: Tensor, factor: int) -> Tensor:
 class Squeeze(Flow):
     """Folds groups of `factor` samples into channels: (B, C, T) -> (B, C * factor, T / factor).
 
-    `cond` is folded the same way (`transform_cond`), so the layers after it see a `cond`
-    aligned with their time steps, as WaveGlow and FloWaveNet fold the upsampled mel. A
-    permutation, so log-det 0. T must be divisible by `factor` (ValueError otherwise).
+    By default `cond` is folded the same way (`transform_cond`), so the layers after it see a
+    `cond` aligned with their time steps, as WaveGlow and FloWaveNet fold the upsampled mel.
+    With `fold_cond=False` the `cond` passes unchanged: for models whose `cond` is already at the
+    folded rate (SqueezeWave's frame-rate conditioning). A permutation, so log-det 0. T must be
+    divisible by `factor` (ValueError otherwise).
 
     Args:
         factor: samples per group.
+        fold_cond: fold `cond` with the audio (True) or leave it as it is (False).
     """
 
-    def __init__(self, factor: int) -> None:
+    def __init__(self, factor: int, fold_cond: bool = True) -> None:
         super().__init__()
         self.factor = factor
+        self.fold_cond = fold_cond
 
     def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return fold(z, self.factor), _zeros(z)
@@ -242,12 +317,12 @@ class Squeeze(Flow):
         return unfold(x, self.factor), _zeros(x)
 
     def transform_cond(self, cond: Tensor | None, inverse: bool = False) -> Tensor | None:
-        if cond is None:
-            return None
+        if cond is None or not self.fold_cond:
+            return cond
         return unfold(cond, self.factor) if inverse else fold(cond, self.factor)
 
     def extra_repr(self) -> str:
-        return f"factor={self.factor}"
+        return f"factor={self.factor}" + ("" if self.fold_cond else ", fold_cond=False")
 
 
 class Permute(Flow):

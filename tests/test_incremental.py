@@ -1,0 +1,279 @@
+"""Cached ("Fast WaveNet") generation against the naive loop and the teacher-forced pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from wavflow.nn import incremental
+from wavflow.nn.conv import add_weight_norm, remove_weight_norm
+from wavflow.nn.incremental import IncrementalWaveNet, load_kernel
+from wavflow.teacher import WaveNet
+
+HEADS = ("mol", "gaussian")
+N_MELS, LENGTH = 8, 40
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a busy machine they cost a lot."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make_teacher(
+    output: str, dtype: torch.dtype = torch.float64, seed: int = 0, **sizes: int
+) -> WaveNet:
+    """A tiny teacher with random weights everywhere, the zero-free output conv included."""
+    torch.manual_seed(seed)
+    config = dict(
+        n_layers=4,
+        n_cycles=2,
+        kernel_size=3,
+        residual_channels=8,
+        gate_channels=16,
+        skip_channels=8,
+    )
+    teacher = WaveNet(n_mels=N_MELS, hop_length=4, output=output, n_mixtures=3, **config | sizes)
+    with torch.no_grad():
+        teacher.stack.head_out.weight.normal_(0.0, 0.5)
+        teacher.stack.head_out.bias.normal_(0.0, 0.5)
+    return teacher.to(dtype).eval()
+
+
+def make_inputs(
+    teacher: WaveNet, batch: int, length: int = LENGTH, seed: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cond (B, C, T) and pre-drawn noise (B, N, T) in the teacher's dtype."""
+    generator = torch.Generator().manual_seed(seed)
+    dtype = teacher.stack.input.weight.dtype
+    cond = torch.randn(batch, N_MELS, length, generator=generator, dtype=dtype)
+    noise = teacher.head.draw_noise(batch, length, generator).to(dtype)
+    return cond, noise
+
+
+def require_kernel() -> None:
+    if load_kernel() is None:
+        pytest.skip(f"C++ kernel unavailable: {incremental.kernel_error()}")
+
+
+def alive_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, 1, T): True where t < lengths[b]."""
+    return torch.arange(length)[None, None] < lengths[:, None, None]
+
+
+@pytest.mark.parametrize("output", HEADS)
+def test_cached_equals_naive(output: str) -> None:
+    teacher = make_teacher(output)
+    cond, _ = make_inputs(teacher, 2)
+    x = {
+        method: teacher.generate(
+            cond, method=method, generator=torch.Generator().manual_seed(5), temperature=0.8
+        )
+        for method in ("cached", "naive")
+    }
+    assert x["cached"].shape == (2, 1, LENGTH)
+    assert x["cached"].abs().max() > 0.01  # not a trivial all-zero output
+    torch.testing.assert_close(x["cached"], x["naive"], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("output", HEADS)
+@pytest.mark.parametrize(
+    "sizes",
+    [{}, {"n_cycles": 1}, {"n_cycles": 1, "kernel_size": 2}, {"n_layers": 6, "n_cycles": 3}],
+)
+def test_params_equal_teacher_forced(output: str, sizes: dict[str, int]) -> None:
+    teacher = make_teacher(output, **sizes)
+    cond, noise = make_inputs(teacher, 3)
+    x, params = IncrementalWaveNet(teacher.stack).generate(
+        cond, teacher.head, noise, return_params=True
+    )
+    assert params.shape == (3, teacher.head.n_params, LENGTH)
+    torch.testing.assert_close(params, teacher(x, cond), rtol=0, atol=1e-10)
+    torch.testing.assert_close(x, teacher.head.sample(params, noise, 1.0), rtol=0, atol=1e-12)
+    assert not x.is_inference() and not params.is_inference()  # usable in a later autograd pass
+
+
+@pytest.mark.parametrize("output", HEADS)
+def test_lengths_match_items_alone(output: str) -> None:
+    teacher = make_teacher(output)
+    cond, noise = make_inputs(teacher, 4)
+    lengths = torch.tensor([17, LENGTH, 0, 29])
+    model = IncrementalWaveNet(teacher.stack)
+    x, params = model.generate(cond, teacher.head, noise, 1.0, lengths, return_params=True)
+    alive = alive_mask(lengths, LENGTH)
+    assert (x[~alive] == 0).all() and (params.masked_select(~alive) == 0).all()
+    for item, n in enumerate(lengths.tolist()):
+        alone = model.generate(
+            cond[item : item + 1, :, :n], teacher.head, noise[item : item + 1, :, :n]
+        )
+        torch.testing.assert_close(x[item : item + 1, :, :n], alone, rtol=0, atol=1e-12)
+    naive = teacher.generate(cond, method="naive", noise=noise, lengths=lengths)
+    torch.testing.assert_close(x, naive, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("output", HEADS)
+def test_temperature_zero_is_deterministic(output: str) -> None:
+    teacher = make_teacher(output)
+    cond, noise = make_inputs(teacher, 2)
+    model = IncrementalWaveNet(teacher.stack)
+    x, params = model.generate(cond, teacher.head, noise, 0.0, return_params=True)
+    again = model.generate(cond, teacher.head, noise, 0.0)
+    assert torch.equal(x, again)
+    torch.testing.assert_close(x, teacher.head.sample(params, noise, 0.0), rtol=0, atol=1e-12)
+    if output == "gaussian":  # the mean path: no noise enters at all
+        other = model.generate(cond, teacher.head, torch.randn_like(noise), 0.0)
+        assert torch.equal(x, other)
+        torch.testing.assert_close(x, params[:, :1].clamp(-1, 1), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("output", HEADS)
+def test_weight_norm_folded_and_stack_untouched(output: str) -> None:
+    teacher = add_weight_norm(make_teacher(output))
+    assert hasattr(teacher.stack.blocks[0].dilated, "parametrizations")
+    cond, noise = make_inputs(teacher, 2)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cached = teacher.generate(cond, method="cached", noise=noise)
+    naive = teacher.generate(cond, method="naive", noise=noise)
+    torch.testing.assert_close(cached, naive, rtol=0, atol=1e-10)
+    after = teacher.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    remove_weight_norm(teacher)
+    torch.testing.assert_close(
+        teacher.generate(cond, method="cached", noise=noise), cached, rtol=0, atol=1e-10
+    )
+
+
+@pytest.mark.parametrize("output", HEADS)
+def test_chunked_cond_projection(output: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    teacher = make_teacher(output, n_cycles=1)
+    cond, noise = make_inputs(teacher, 2)
+    model = IncrementalWaveNet(teacher.stack, backend="eager")
+    whole = model.generate(cond, teacher.head, noise, return_params=True)
+    # A few steps per chunk: chunk edges fall inside the sequence.
+    monkeypatch.setattr(incremental, "COND_CHUNK_FLOATS", 2 * 5 * 4 * 16)
+    chunked = model.generate(cond, teacher.head, noise, return_params=True)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
+
+
+def test_rejects_bad_inputs() -> None:
+    teacher = make_teacher("mol")
+    cond, noise = make_inputs(teacher, 2)
+    model = IncrementalWaveNet(teacher.stack)
+    with pytest.raises(ValueError, match="lengths"):
+        model.generate(cond, teacher.head, noise, lengths=torch.tensor([LENGTH + 1, 3]))
+    with pytest.raises(ValueError, match="backend"):
+        IncrementalWaveNet(teacher.stack, backend="fast")
+
+
+# The C++ kernel (float32 activations): against the eager path at the same precision.
+
+
+@pytest.mark.parametrize("output", HEADS)
+@pytest.mark.parametrize("batch,threads", [(1, 1), (1, 2), (5, 2), (5, 3), (2, 4)])
+def test_cpp_matches_eager(output: str, batch: int, threads: int) -> None:
+    require_kernel()
+    teacher = make_teacher(output, torch.float32, n_cycles=1)
+    cond, noise = make_inputs(teacher, batch)
+    lengths = torch.tensor([LENGTH, 13, 31, 0, 40][:batch])
+    results = {
+        backend: IncrementalWaveNet(teacher.stack, backend=backend, threads=threads).generate(
+            cond, teacher.head, noise, 0.9, lengths, return_params=True
+        )
+        for backend in ("eager", "cpp")
+    }
+    (x, params), (x_ref, params_ref) = results["cpp"], results["eager"]
+    torch.testing.assert_close(x, x_ref, rtol=0, atol=2e-5)
+    torch.testing.assert_close(params, params_ref, rtol=0, atol=2e-5)
+    assert (x[~alive_mask(lengths, LENGTH)] == 0).all()
+    # Whatever path the samples took, the params must be the teacher-forced ones.
+    forced = teacher(x, cond) * alive_mask(lengths, LENGTH)
+    torch.testing.assert_close(params, forced, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("output", HEADS)
+def test_cpp_teacher_generate_and_chunks(output: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_kernel()
+    teacher = make_teacher(output, torch.float32, n_cycles=1)
+    cond, noise = make_inputs(teacher, 3, length=70)
+    cached = teacher.generate(cond, method="cached", noise=noise)  # "auto" picks the kernel
+    naive = teacher.generate(cond, method="naive", noise=noise)
+    torch.testing.assert_close(cached, naive, rtol=0, atol=2e-5)
+    monkeypatch.setattr(incremental, "KERNEL_CHUNK_FLOATS", 2 * 5 * 4 * 64)  # 5-step chunks
+    model = IncrementalWaveNet(teacher.stack, backend="cpp", threads=2)
+    torch.testing.assert_close(model.generate(cond, teacher.head, noise), cached, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("solo_from", [0, 19])
+def test_cpp_threads_drop_to_one(solo_from: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a group's threads wait too long for each other, the first carries on alone from a
+    block start (forced here at step 16 or 32, inside a cond projection chunk)."""
+    require_kernel()
+    teacher = make_teacher(
+        "mol",
+        torch.float32,
+        n_layers=5,
+        n_cycles=1,
+        residual_channels=64,
+        gate_channels=128,
+        skip_channels=64,
+    )
+    cond, noise = make_inputs(teacher, 1, length=60)
+    monkeypatch.setattr(incremental, "_SOLO_FROM_STEP", solo_from)
+    model = IncrementalWaveNet(teacher.stack, backend="cpp", threads=2)
+    x, params = model.generate(cond, teacher.head, noise, return_params=True)
+    torch.testing.assert_close(params, teacher(x, cond), rtol=0, atol=2e-5)
+    eager = IncrementalWaveNet(teacher.stack, backend="eager").generate(cond, teacher.head, noise)
+    torch.testing.assert_close(x, eager, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpp"])
+def test_bfloat16_weights(backend: str) -> None:
+    """bfloat16 matrices, float32 activations: both backends round the same weights."""
+    if backend == "cpp":
+        require_kernel()
+    teacher = make_teacher("mol", torch.float32, n_cycles=1)
+    cond, noise = make_inputs(teacher, 2)
+    x, params = IncrementalWaveNet(teacher.stack, torch.bfloat16, backend).generate(
+        cond, teacher.head, noise, return_params=True
+    )
+    # Rounded weights move the params by about the bfloat16 precision, not more.
+    error = (params - teacher(x, cond)).abs().max()
+    assert 1e-5 < error < 0.05
+    if backend == "cpp":
+        eager = IncrementalWaveNet(teacher.stack, torch.bfloat16, "eager")
+        x_ref, params_ref = eager.generate(cond, teacher.head, noise, return_params=True)
+        torch.testing.assert_close(x, x_ref, rtol=0, atol=2e-5)
+        torch.testing.assert_close(params, params_ref, rtol=0, atol=2e-5)
+
+
+def test_profile_kernel_sections() -> None:
+    require_kernel()
+    teacher = make_teacher("gaussian", torch.float32)
+    cond, noise = make_inputs(teacher, 2)
+    model = IncrementalWaveNet(teacher.stack, backend="cpp")
+    sections = model.profile_kernel(cond, teacher.head, noise)
+    assert list(sections) == list(incremental.KERNEL_SECTIONS)
+    assert all(value >= 0 for value in sections.values()) and sum(sections.values()) > 0
+
+
+def test_falls_back_to_eager_without_compiler(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.setenv("CXX", "no-such-compiler-wavflow")
+    monkeypatch.setenv("WAVFLOW_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(incremental, "_KERNEL", None)
+    monkeypatch.setattr(incremental, "_KERNEL_ERROR", None)
+    teacher = make_teacher("mol", torch.float32)
+    cond, noise = make_inputs(teacher, 2)
+    with pytest.warns(RuntimeWarning, match="using the eager path"):
+        x = IncrementalWaveNet(teacher.stack).generate(cond, teacher.head, noise)
+    eager = IncrementalWaveNet(teacher.stack, backend="eager").generate(cond, teacher.head, noise)
+    assert torch.equal(x, eager)
+    with pytest.raises(RuntimeError, match="unavailable"):
+        IncrementalWaveNet(teacher.stack, backend="cpp").generate(cond, teacher.head, noise)

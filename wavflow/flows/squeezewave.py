@@ -1,0 +1,394 @@
+"""SqueezeWave student: WaveGlow reshaped for CPUs, conditioned at the folded rate.
+
+WaveGlow folds 8 samples per step and runs every coupling's WaveNet at audio rate / 8 on a
+mel upsampled to audio rate. SqueezeWave folds many more samples per step (`fold` = 128 or
+256), so the couplings run over far fewer steps with many more channels; their transforms are
+WaveNet-like stacks of depthwise-separable convolutions; and the mel is never upsampled to
+audio rate: each frame is repeated (or several frames stacked) to the folded rate.
+
+Layout as our WaveGlow port (`waveglow.py`): `forward` is z -> x (SqueezeWave's `infer`),
+`inverse` is x -> z (its training pass); every `early_every` flows (x -> z numbering)
+`early_channels` channels leave as final noise.
+
+Differences from tianrengao/SqueezeWave `glow.py`: no BatchNorm before the depthwise convs
+(batch statistics would make train and eval differ; every conv is weight-normalised instead,
+as in WaveGlow), log-scales are soft-clamped, the depthwise convs may be dilated
+(`dilation_base`; the released code uses dilation 1), and a `fold` above the hop stacks frames
+into channels instead of failing.
+
+References:
+    Zhai et al., "SqueezeWave: Extremely Lightweight Vocoders for On-device Speech Synthesis",
+    arXiv:2001.05685.
+    Prenger, Valle & Catanzaro, "WaveGlow", arXiv:1811.00002.
+    Howard et al., "MobileNets" (depthwise-separable convolutions), arXiv:1704.04861.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from wavflow.flows.base import Flow, FlowModel, Inverse, SequentialFlow, StandardGaussian
+from wavflow.flows.layers import (
+    LOG_SCALE_BOUND,
+    AffineCoupling,
+    FactorOut,
+    Invertible1x1Conv,
+    Squeeze,
+    fold,
+)
+from wavflow.nn.conv import ZeroConv1d, add_weight_norm
+
+
+class FrameRateConditioner(nn.Module):
+    """Mel frames (+ speaker embedding) at the folded rate: one `cond` step per `fold` samples.
+
+    With hop H and fold G, T = frames * H audio samples make T / G steps:
+
+    - G divides H: each frame is repeated H / G times (nearest-neighbour, as SqueezeWave);
+    - H divides G: G / H consecutive frames are stacked into channels, (B, n_mels, F) ->
+      (B, n_mels * G / H, F * H / G), so no frame is dropped.
+
+    No parameters but the speaker embedding: every coupling projects this `cond` with its own
+    1x1 conv, and a 1x1 conv of a repeated frame equals the repeated projection, so nothing
+    is lost by not learning an upsampler.
+
+    Args:
+        n_mels: mel bands of `feats`.
+        hop_length: audio samples per frame (H).
+        fold: audio samples per step (G); one of G, H must divide the other.
+        n_speakers: speakers (0: no global conditioning).
+        speaker_channels: embedding width.
+    """
+
+    def __init__(
+        self,
+        n_mels: int,
+        hop_length: int,
+        fold: int,
+        n_speakers: int = 0,
+        speaker_channels: int = 16,
+    ) -> None:
+        super().__init__()
+        if hop_length % fold and fold % hop_length:
+            raise ValueError(
+                f"fold={fold} and hop_length={hop_length}: one must divide the other, so that "
+                "every step of the folded audio sees whole frames"
+            )
+        self.repeats = max(1, hop_length // fold)
+        self.frames_per_step = max(1, fold // hop_length)
+        self.speaker = nn.Embedding(n_speakers, speaker_channels) if n_speakers else None
+        speaker_out = speaker_channels if n_speakers else 0
+        self.out_channels = n_mels * self.frames_per_step + speaker_out
+
+    def forward(
+        self, feats: Tensor, speaker: Tensor | None = None, f0: Tensor | None = None
+    ) -> Tensor:
+        """(B, n_mels, F), speaker ids (B,) -> cond (B, out_channels, F * hop_length / fold).
+
+        `f0` is accepted for `FlowModel.condition`'s interface and unused: SqueezeWave has no
+        pitch conditioning.
+        """
+        cond = feats
+        if self.frames_per_step > 1:
+            if feats.shape[-1] % self.frames_per_step:
+                raise ValueError(
+                    f"{self.frames_per_step} frames make one step: the frame count must be a "
+                    f"multiple of {self.frames_per_step}, got {feats.shape[-1]}"
+                )
+            cond = fold(feats, self.frames_per_step)  # (B, M, F) -> (B, M * k, F / k)
+        elif self.repeats > 1:
+            cond = feats.repeat_interleave(self.repeats, dim=-1)  # (B, M, F) -> (B, M, F * r)
+        if self.speaker is None:
+            return cond
+        if speaker is None:
+            raise ValueError("this model was trained with speakers: pass a speaker id per item")
+        embedding = self.speaker(speaker)[:, :, None]  # (B, E) -> (B, E, 1)
+        return torch.cat([cond, embedding.expand(-1, -1, cond.shape[-1])], dim=1)
+
+
+class DepthwiseWaveNet(nn.Module):
+    """SqueezeWave's coupling transform: gated residual layers of depthwise-separable convs.
+
+        h_0 = W_start a
+        g_i = W_point,i (w_depth,i * h_i) + V_i cond       (depthwise conv, then 1x1 conv)
+        h_{i+1} = h_i + W_res,i (tanh(g_i[:C]) * sigmoid(g_i[C:]))
+        out = W_end h_L                                     (starts at zero)
+
+    The depthwise conv has `kernel_size` taps per channel with dilation `dilation_base ** i`
+    (1: SqueezeWave's released code), centred (non-causal). The cond projections V_i of all
+    layers are one 1x1 conv (SqueezeWave's `cond_layer`), so the conditioning costs one GEMM
+    per coupling. No skip connections: the head reads the last residual state, as SqueezeWave.
+
+    Args:
+        in_channels: channels of the coupling's conditioning half.
+        out_channels: 2 x the channels of the transformed half (shift, raw log-scale).
+        cond_channels: channels of `cond` (0: unconditioned).
+        n_layers: gated layers L.
+        channels: residual width C (gates 2C).
+        kernel_size: taps of the depthwise convs (odd).
+        dilation_base: layer i dilates by dilation_base ** i.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        cond_channels: int,
+        n_layers: int = 8,
+        channels: int = 256,
+        kernel_size: int = 3,
+        dilation_base: int = 1,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(
+                f"a centred depthwise conv needs an odd kernel_size, got {kernel_size}"
+            )
+        self.channels = channels
+        self.n_layers = n_layers
+        self.start = nn.Conv1d(in_channels, channels, 1)
+        self.cond = nn.Conv1d(cond_channels, 2 * channels * n_layers, 1) if cond_channels else None
+        self.depthwise = nn.ModuleList()
+        self.pointwise = nn.ModuleList()
+        self.residual = nn.ModuleList()
+        for i in range(n_layers):
+            dilation = dilation_base**i
+            self.depthwise.append(
+                nn.Conv1d(
+                    channels,
+                    channels,
+                    kernel_size,
+                    dilation=dilation,
+                    padding=(kernel_size - 1) // 2 * dilation,  # centred: keeps T
+                    groups=channels,
+                )
+            )
+            self.pointwise.append(nn.Conv1d(channels, 2 * channels, 1))
+            self.residual.append(nn.Conv1d(channels, channels, 1))
+        self.end = ZeroConv1d(channels, out_channels)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """(B, in_channels, T), (B, cond_channels, T) -> (B, out_channels, T)."""
+        # The convs run as 2-D convs on (B, C, 1, T) channels-last tensors: on CPU, oneDNN
+        # reads that layout directly, while a conv1d on (B, C, T) reorders its input and
+        # output to a blocked layout on every call (about 2x slower here); elsewhere neutral.
+        h = _conv(self.start, _channels_last(x))
+        # (B, cond_channels, 1, T) -> (B, 2C * L, 1, T): every layer's conditioning in one conv
+        conds = _conv(self.cond, _channels_last(cond)) if self.cond is not None else None
+        width = 2 * self.channels
+        for i in range(self.n_layers):
+            gates = _conv(self.pointwise[i], _conv(self.depthwise[i], h))
+            if conds is not None:
+                gates = gates + conds[:, i * width : (i + 1) * width]
+            filt, gate = gates.chunk(2, dim=1)
+            h = h + _conv(self.residual[i], gated_tanh(filt, gate))
+        return _conv(self.end, h).squeeze(2)  # (B, out, 1, T) -> (B, out, T)
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    """(B, C, T) -> (B, C, 1, T) laid out channels-last (channel stride 1)."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+def _conv(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """`conv` applied to a (B, C, 1, T) tensor as a 2-D conv with a (1, K) kernel."""
+    return nn.functional.conv2d(
+        x,
+        conv.weight.unsqueeze(2),  # (C_out, C_in / groups, K) -> (C_out, C_in / groups, 1, K)
+        conv.bias,
+        padding=(0, conv.padding[0]),
+        dilation=(1, conv.dilation[0]),
+        groups=conv.groups,
+    )
+
+
+def gated_tanh(filt: Tensor, gate: Tensor) -> Tensor:
+    """tanh(filt) * sigmoid(gate), with tanh(a) = 2 sigmoid(2a) - 1.
+
+    PyTorch's CPU tanh is about 8x slower than its sigmoid (float32, AVX-512); this form
+    costs two sigmoids and three cheap passes, and is exact up to rounding (absolute error
+    ~1e-7 in float32).
+    """
+    doubled = torch.sigmoid(2 * filt)
+    if doubled.requires_grad:  # autograd keeps the sigmoids: no in-place arithmetic
+        return (2 * doubled - 1) * torch.sigmoid(gate)
+    return doubled.mul_(2).sub_(1).mul_(torch.sigmoid(gate))
+
+
+class SqueezeWave(FlowModel):
+    """SqueezeWave: WaveGlow's flows on `fold` samples per step with depthwise-separable couplings.
+
+    z (B, 1, T) is folded to (B, fold, T / fold); in the x -> z direction flow k applies an
+    invertible 1x1 conv and an affine coupling whose transform is a `DepthwiseWaveNet`
+    reading the frame-rate `cond` (`FrameRateConditioner`, already at T / fold steps, so the
+    fold leaves it alone). Before flows k = early_every, 2 * early_every, ... `early_channels`
+    channels leave as final noise. Sampling (`forward`) runs this backwards from z ~ N(0, 1).
+
+    `condition` returns cond (B, C, T / fold): `sample`, `rsample_and_log_prob` draw
+    T = fold * cond's length samples (`samples_per_cond_step` = fold).
+
+    Published sizes (`PRESETS`, all 12 flows of 8 layers, kernel 3, 16 channels out every 2
+    flows): SqueezeWave-128L/-128S fold 128 samples per step (L = 128 steps per 16384-sample
+    crop) with 256/128 channels; -64L/-64S fold 256 (L = 64). "squeezewave" (the default of
+    `wavflow bench`) is -128L; "cpu" is a small model for CPU training, "tiny" the tests' size.
+
+    Args:
+        n_mels: mel bands of `feats`.
+        hop_length: audio samples per frame.
+        n_speakers: speakers for global conditioning (0: none).
+        n_flows: flows (1x1 conv + coupling).
+        fold: audio samples folded into channels per step (T must be a multiple); one of
+            fold and hop_length must divide the other.
+        n_layers: gated layers in each coupling's transform.
+        channels: residual width of those transforms (gates: 2 * channels).
+        kernel_size: taps of their depthwise convs (odd).
+        dilation_base: depthwise conv i dilates by dilation_base ** i (1: as SqueezeWave).
+        early_every: flows between early outputs.
+        early_channels: channels factored out at each early output (0: none).
+        lu: LU-parametrised 1x1 convs.
+        log_scale_bound: bound of the couplings' |log-scale| (soft clamp).
+        speaker_channels: speaker embedding width.
+
+    References:
+        Zhai et al., "SqueezeWave", arXiv:2001.05685.
+    """
+
+    PRESETS: ClassVar[dict[str, dict]] = {
+        # tianrengao/SqueezeWave configs/config_a{fold}_c{channels}.json; "squeezewave" is
+        # SqueezeWave-128L, the best-sounding of the four (MOS 4.07).
+        "squeezewave": {
+            "n_flows": 12,
+            "fold": 128,
+            "n_layers": 8,
+            "channels": 256,
+            "kernel_size": 3,
+            "early_every": 2,
+            "early_channels": 16,
+        },
+        "squeezewave_128l": {
+            "n_flows": 12,
+            "fold": 128,
+            "n_layers": 8,
+            "channels": 256,
+            "kernel_size": 3,
+            "early_every": 2,
+            "early_channels": 16,
+        },
+        "squeezewave_64l": {
+            "n_flows": 12,
+            "fold": 256,
+            "n_layers": 8,
+            "channels": 256,
+            "kernel_size": 3,
+            "early_every": 2,
+            "early_channels": 16,
+        },
+        "squeezewave_128s": {
+            "n_flows": 12,
+            "fold": 128,
+            "n_layers": 8,
+            "channels": 128,
+            "kernel_size": 3,
+            "early_every": 2,
+            "early_channels": 16,
+        },
+        "squeezewave_64s": {
+            "n_flows": 12,
+            "fold": 256,
+            "n_layers": 8,
+            "channels": 128,
+            "kernel_size": 3,
+            "early_every": 2,
+            "early_channels": 16,
+        },
+        # Small enough to train on a CPU (0.7 M parameters, 11 kFLOP per sample).
+        "cpu": {
+            "n_flows": 6,
+            "fold": 128,
+            "n_layers": 4,
+            "channels": 64,
+            "kernel_size": 3,
+            "early_every": 2,
+            "early_channels": 16,
+        },
+        # For the tests (T = 16 samples, hop 4).
+        "tiny": {
+            "n_flows": 4,
+            "fold": 8,
+            "n_layers": 2,
+            "channels": 8,
+            "kernel_size": 3,
+            "dilation_base": 2,
+            "early_every": 2,
+            "early_channels": 2,
+        },
+    }
+
+    def __init__(
+        self,
+        n_mels: int,
+        hop_length: int,
+        n_speakers: int = 0,
+        n_flows: int = 12,
+        fold: int = 128,
+        n_layers: int = 8,
+        channels: int = 256,
+        kernel_size: int = 3,
+        dilation_base: int = 1,
+        early_every: int = 2,
+        early_channels: int = 16,
+        lu: bool = False,
+        log_scale_bound: float = LOG_SCALE_BOUND,
+        speaker_channels: int = 16,
+    ) -> None:
+        if early_every < 1:
+            raise ValueError(f"early_every must be >= 1, got {early_every}")
+        last_channels = fold - early_channels * ((n_flows - 1) // early_every)
+        if last_channels < 2:
+            raise ValueError(
+                f"fold={fold} leaves {last_channels} channels after the early outputs "
+                f"(early_channels={early_channels} every {early_every} of {n_flows} flows); "
+                "the last couplings need at least 2"
+            )
+        conditioner = FrameRateConditioner(n_mels, hop_length, fold, n_speakers, speaker_channels)
+        # Built from the last flow (x -> z numbering) to the first, i.e. in z -> x order; the
+        # flows after an early output sit inside a FactorOut that leaves its channels alone.
+        layers: list[Flow] = []
+        for k in reversed(range(n_flows)):
+            remaining = fold - early_channels * (k // early_every)
+            half = remaining // 2
+            net = DepthwiseWaveNet(
+                half,
+                2 * (remaining - half),
+                conditioner.out_channels,
+                n_layers,
+                channels,
+                kernel_size,
+                dilation_base,
+            )
+            coupling = AffineCoupling(
+                remaining, conditioner.out_channels, log_scale_bound=log_scale_bound, net=net
+            )
+            layers += [coupling, Invertible1x1Conv(remaining, lu=lu)]
+            if k % early_every == 0 and k > 0 and early_channels:
+                layers = [FactorOut(SequentialFlow(layers), early_channels, factored_first=True)]
+        # z (B, 1, T) -> (B, fold, T // fold) -> flows -> x (B, 1, T); cond is already at
+        # T // fold steps, so the folds leave it alone.
+        flow = SequentialFlow(
+            [
+                Squeeze(fold, fold_cond=False),
+                *layers,
+                Inverse(Squeeze(fold, fold_cond=False)),
+            ]
+        )
+        super().__init__(
+            flow,
+            StandardGaussian(),
+            conditioner,
+            time_multiple=fold,
+            samples_per_cond_step=fold,
+        )
+        add_weight_norm(self.flow)
