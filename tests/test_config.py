@@ -64,3 +64,13 @@ def test_round_trip_through_toml():
     recipe = load_recipe(None, ["student.waveglow.n_flows=4", 'train.device="cpu"'])
     again = recipe_from_dict(tomllib.loads(dumps_toml(to_dict(recipe))))
     assert again == recipe
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_build_their_models(path):
+    from wavflow.checkpoint import build_student, build_teacher
+
+    recipe = load_recipe(path)
+    build_teacher(recipe)
+    if recipe.student.sizes():
+        build_student(recipe)
