@@ -25,7 +25,7 @@ from wavflow.config import Recipe, load_recipe
 from wavflow.corpus import write_corpus
 from wavflow.data import PreparedData, prepare_dataset
 from wavflow.evaluation import evaluate_checkpoint, validation_clips
-from wavflow.synthesis import SynthesisOptions, vocode
+from wavflow.synthesis import SynthesisOptions, has_pitch, vocode
 from wavflow.training import distillation_objective, likelihood_objective, train
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.toml"
@@ -131,7 +131,7 @@ def _write_clips(out_dir: Path, data_dir: Path, teacher: Path, students: dict[st
     from wavflow.checkpoint import load_model
 
     models = {"teacher": teacher, **students}
-    first, recipe, _ = load_model(teacher)
+    _, recipe, _ = load_model(teacher)
     features = recipe.features
     clips = validation_clips(data_dir, features, N_CLIPS, CLIP_SECONDS)
     for index, audio in enumerate(clips["audio"]):
@@ -140,9 +140,9 @@ def _write_clips(out_dir: Path, data_dir: Path, teacher: Path, students: dict[st
         )
     for name, path in models.items():
         model, _, _ = load_model(path)
-        audio = vocode(
-            model, clips["feats"], features, SynthesisOptions(), torch.Generator().manual_seed(0)
-        )
+        f0 = clips["f0"] if has_pitch(model) else None
+        generator = torch.Generator().manual_seed(0)
+        audio = vocode(model, clips["feats"], features, SynthesisOptions(), generator, f0=f0)
         for index, wave in enumerate(audio):
             save_audio(out_dir / "samples" / name / f"clip{index}.wav", wave, features.sample_rate)
 
