@@ -161,6 +161,40 @@ def test_chunked_cond_projection(output: str, monkeypatch: pytest.MonkeyPatch) -
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
 
 
+def pitch_inputs(teacher: WaveNet, batch: int, frames: int = 10) -> tuple[torch.Tensor, ...]:
+    """cond with a harmonic excitation (some frames unvoiced), its excitation, and noise."""
+    generator = torch.Generator().manual_seed(3)
+    dtype = teacher.stack.input.weight.dtype
+    feats = torch.randn(batch, N_MELS, frames, generator=generator, dtype=dtype)
+    f0 = torch.rand(batch, frames, generator=generator, dtype=dtype) * 200 + 100
+    f0[:, 1] = 0.0
+    cond = teacher.condition(feats, f0=f0)
+    noise = teacher.head.draw_noise(batch, cond.shape[-1], generator).to(dtype)
+    return cond, teacher.conditioner.excitation(cond), noise
+
+
+@pytest.mark.parametrize("output", HEADS)
+@pytest.mark.parametrize("backend", ["eager", "cpp"])
+def test_pitch_excitation_moves_the_location(output: str, backend: str) -> None:
+    """With pitch the stack also predicts amplitudes of the excitation; the cached step moves
+    the head's location as the teacher-forced pass does, and refuses to run without it."""
+    if backend == "cpp":
+        require_kernel()
+    dtype = torch.float64 if backend == "eager" else torch.float32
+    teacher = make_teacher(output, dtype, n_harmonics=3, sample_rate=16000)
+    cond, excitation, noise = pitch_inputs(teacher, 2)
+    model = IncrementalWaveNet(teacher.stack, backend=backend)
+    x, params = model.generate(
+        cond, teacher.head, noise, 0.9, return_params=True, excitation=excitation
+    )
+    tolerance = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(params, teacher(x, cond), rtol=0, atol=tolerance)
+    naive = teacher.generate(cond, method="naive", noise=noise, temperature=0.9)
+    torch.testing.assert_close(x, naive, rtol=0, atol=tolerance)
+    with pytest.raises(ValueError, match="excitation"):
+        model.generate(cond, teacher.head, noise)
+
+
 def test_rejects_bad_inputs() -> None:
     teacher = make_teacher("mol")
     cond, noise = make_inputs(teacher, 2)

@@ -155,22 +155,24 @@ def _rss_mb() -> float:
 def time_call(
     function: Callable[[], Tensor], repeats: int, device: torch.device
 ) -> tuple[list[float], Tensor, float]:
-    """Warm up once, then time `repeats` calls (synchronising on CUDA).
+    """Warm up once, then time `repeats` calls under `torch.inference_mode` (synchronising on
+    CUDA).
 
     Returns:
         (seconds per call, the last output, peak memory growth in MB over the timed calls).
     """
-    output = function()
     times = []
-    with PeakMemory(device) as memory:
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            output = function()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
+    with torch.inference_mode():
+        output = function()
+        with PeakMemory(device) as memory:
+            for _ in range(repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                output = function()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - start)
     return times, output, memory.peak_mb
 
 

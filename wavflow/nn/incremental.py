@@ -224,12 +224,14 @@ struct Head { int64_t kind, n_mixtures; float log_scale_min, temperature; };
 struct Job {
   int64_t batch, length, groups, threads_per_group, params_real, chunk_floats;
   int64_t solo_from;           // tests: drop to one thread per group at this step (-1: never)
+  int64_t n_excitation;        // E: stack outputs past P_real are amplitudes of the excitation
   const int64_t* lengths;      // (B,) within a group sorted by length, descending
   const int64_t* group_start;  // (groups + 1,)
   const float* cond;           // (B, T, C)
   const float* noise;          // (B, N, T)
   float* x;                    // (B, T + K_in): x_t at column t + K_in
   float* params_out;           // (B, P_real, T) or null
+  const float* excitation;     // (B, E, T): x_t's location moves by sum_e amplitude_e e(t)
   int64_t* timers;             // (SECTIONS,) nanoseconds spent per section, or null
 };
 
@@ -441,6 +443,15 @@ struct Clock {  // nanoseconds per section, when asked for (job.timers)
 // with t % d == 0 it computes their contribution for the next d steps in one (d B) x (K - 1) R
 // matmul ("pre"), so those weights are read once per d steps; each step then adds the current
 // tap only. Rings hold K d steps, so each block of d past steps is contiguous.
+// The head's location (every component's mean) moved by the excitation times its amplitudes.
+static void shift_location(const Head& head, const Job& job, float* p, long row, long t) {
+  const float* e = job.excitation + row * job.n_excitation * job.length + t;
+  float shift = 0.0f;
+  for (long k = 0; k < job.n_excitation; ++k) shift += p[job.params_real + k] * e[k * job.length];
+  if (head.kind == 0) p[0] += shift;
+  else for (long c = 0; c < head.n_mixtures; ++c) p[head.n_mixtures + c] += shift;
+}
+
 template <typename W>
 static void worker(const Net& net, const Head& head, const Job& job, Group& group, long part) {
   const long L = net.n_layers, K = net.kernel, R = net.residual, G = net.gates, H = G / 2;
@@ -604,7 +615,8 @@ static void worker(const Net& net, const Head& head, const Job& job, Group& grou
     clock.lap(HEAD);
     for (long r = 0; r < active; ++r) {  // every thread samples the same x; part 0 keeps it
       const long row = row0 + r;
-      const float* pr = params.data() + r * P;
+      float* pr = params.data() + r * P;
+      if (job.n_excitation) shift_location(head, job, pr, row, t);
       xs[r * (T + KIN) + t + KIN] = sample_one(head, pr, job.noise + row * nchan * T + t, T);
       if (part == 0 && job.params_out)
         for (long p = 0; p < job.params_real; ++p)
@@ -679,8 +691,8 @@ class _Head(ctypes.Structure):
 
 class _Job(ctypes.Structure):
     _fields_ = _fields(
-        "batch length groups threads_per_group params_real chunk_floats solo_from",
-        "lengths group_start cond noise x params_out timers",
+        "batch length groups threads_per_group params_real chunk_floats solo_from n_excitation",
+        "lengths group_start cond noise x params_out excitation timers",
     )
 
 
@@ -797,6 +809,18 @@ def _pad(tensor: Tensor, dims: dict[int, int]) -> Tensor:
     return padded
 
 
+@dataclass
+class _Inputs:
+    """One `generate` call's inputs, rows in generation order (see `generate`)."""
+
+    cond: Tensor  # (B, C, T), compute dtype
+    noise: Tensor  # (B, N, T), dtype as given
+    excitation: Tensor | None  # (B, E, T), compute dtype
+    lengths: Tensor  # (B,) long, on the CPU
+    temperature: float
+    return_params: bool
+
+
 class IncrementalWaveNet:
     """Cached ("Fast WaveNet") sequential sampling from a causal `WaveNetStack`.
 
@@ -852,6 +876,7 @@ class IncrementalWaveNet:
         temperature: float = 1.0,
         lengths: Tensor | None = None,
         return_params: bool = False,
+        excitation: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Sample x_t ~ head(params_t), params_t = stack(x_<t, cond_<=t), for t < lengths[b].
 
@@ -863,6 +888,9 @@ class IncrementalWaveNet:
             temperature: scale of the sampling noise (0: the mode path).
             lengths: (B,) samples to generate per item (default T); later samples are 0.
             return_params: also return the distribution parameters used at every step.
+            excitation: (B, E, T), required when the stack has E outputs beyond the head's P
+                (a teacher with pitch): those are amplitudes a_e(t), and the head's location
+                moves by sum_e a_e(t) excitation_e(t) (`head.shift_location`).
 
         Returns:
             x (B, 1, T) in cond's dtype; with `return_params`, also params (B, P, T) in the
@@ -874,6 +902,14 @@ class IncrementalWaveNet:
         lengths = lengths.to("cpu", torch.long)
         if lengths.shape != (batch,) or bool((lengths < 0).any() | (lengths > length).any()):
             raise ValueError(f"lengths must be (B,) = ({batch},) within [0, {length}]")
+        n_extra = self.folded.sizes[5] - head.n_params
+        if n_extra and (excitation is None or excitation.shape != (batch, n_extra, length)):
+            raise ValueError(
+                f"the stack predicts {n_extra} excitation amplitudes: pass their "
+                f"excitation (B, {n_extra}, T) = teacher.conditioner.excitation(cond)"
+            )
+        if not n_extra and excitation is not None:
+            raise ValueError("excitation given, but the stack predicts no amplitudes for it")
         use_cpp = self._use_cpp(cond, head)
         threads = self.threads or torch.get_num_threads()
         groups = max(1, min(threads, batch)) if use_cpp else 1
@@ -887,18 +923,21 @@ class IncrementalWaveNet:
         # One PyTorch thread around the kernel: an OpenMP worker woken by a parallel op here
         # keeps spinning for tens of ms afterwards, on the core the kernel's second thread needs.
         with _intra_op_threads(1 if use_cpp else None), torch.inference_mode():
-            cond_rows = cond.index_select(0, rows).to(device, self.compute_dtype)
-            # Noise keeps its dtype, as in `head.sample` on the naive path.
-            noise_rows = noise.index_select(0, rows).to(device)
+            inputs = _Inputs(
+                cond=cond.index_select(0, rows).to(device, self.compute_dtype),
+                # Noise keeps its dtype, as in `head.sample` on the naive path.
+                noise=noise.index_select(0, rows).to(device),
+                excitation=None
+                if excitation is None
+                else excitation.index_select(0, rows).to(device, self.compute_dtype),
+                lengths=lengths[order],
+                temperature=temperature,
+                return_params=return_params,
+            )
             if use_cpp:
-                split = (group_sizes, max(1, threads // groups))
-                x, params = self._generate_cpp(
-                    cond_rows, head, noise_rows, temperature, lengths[order], split, return_params
-                )
+                x, params = self._generate_cpp(inputs, head, group_sizes, threads // groups)
             else:
-                x, params = self._generate_eager(
-                    cond_rows, head, noise_rows, temperature, lengths[order], return_params
-                )
+                x, params = self._generate_eager(inputs, head)
         # Outside inference mode: the results are ordinary tensors that autograd may read later.
         return self._unsort(x, params, order, cond)
 
@@ -1006,21 +1045,19 @@ class IncrementalWaveNet:
         return self._packed[key]
 
     def _generate_eager(
-        self,
-        cond: Tensor,
-        head: GaussianOutput | LogisticMixtureOutput,
-        noise: Tensor,
-        temperature: float,
-        lengths: Tensor,
-        return_params: bool,
+        self, inputs: _Inputs, head: GaussianOutput | LogisticMixtureOutput
     ) -> tuple[Tensor, Tensor | None]:
         """The step loop in PyTorch ops; rows sorted by length, descending. -> (B, T), (B, P, T)."""
-        w = self._eager_weights(cond.device)
+        w = self._eager_weights(inputs.cond.device)
         n_layers, _, _, gates, _, _ = self.folded.sizes
-        batch, _, length = cond.shape
-        cond = cond[:, : w["cond"].shape[0]]
+        batch, _, length = inputs.cond.shape
+        cond, lengths, temperature = (
+            inputs.cond[:, : w["cond"].shape[0]],
+            inputs.lengths,
+            inputs.temperature,
+        )
         steps = int(lengths.max()) if batch else 0
-        state = _EagerState(self, w, cond, noise, return_params)
+        state = _EagerState(self, w, inputs, head.n_params)
         active_counts = (lengths[None, :] > torch.arange(steps)[:, None]).sum(1).tolist()
         chunk = self._chunk_steps(batch, n_layers * gates)
         for t0 in range(0, steps, chunk):
@@ -1100,23 +1137,23 @@ class IncrementalWaveNet:
 
     def _generate_cpp(
         self,
-        cond: Tensor,
+        inputs: _Inputs,
         head: GaussianOutput | LogisticMixtureOutput,
-        noise: Tensor,
-        temperature: float,
-        lengths: Tensor,
-        split: tuple[list[int], int],
-        return_params: bool,
+        group_sizes: list[int],
+        threads_per_group: int,
     ) -> tuple[Tensor, Tensor | None]:
-        """The whole step loop in one kernel call. Rows come in groups (sizes `split[0]`), each
-        sorted by length, descending, and run by `split[1]` threads. -> (B, T), (B, P, T)."""
+        """The whole step loop in one kernel call. Rows come in groups, each sorted by length,
+        descending, and run by `threads_per_group` threads. -> (B, T), (B, P, T)."""
         library = load_kernel()
         assert library is not None
         packed, net = self._cpp_net()
-        group_sizes, threads_per_group = split
-        batch, _, length = cond.shape
-        n_params = self.folded.sizes[5]
-        cond = cond[:, : net.cond].transpose(1, 2).contiguous()  # (B, C, T) -> (B, T, C)
+        batch, _, length = inputs.cond.shape
+        n_params, noise, temperature = head.n_params, inputs.noise, inputs.temperature
+        # (B, C, T) -> (B, T, C)
+        cond = inputs.cond[:, : net.cond].transpose(1, 2).contiguous()
+        excitation = inputs.excitation
+        if excitation is not None:
+            excitation = excitation.to(torch.float32).contiguous()
         if isinstance(head, LogisticMixtureOutput):
             # The kernel takes the noise as log(-log(u)) for the Gumbel-max choice and the
             # logistic draw log(u) - log(1 - u), computed here exactly as `head.sample` does.
@@ -1130,23 +1167,25 @@ class IncrementalWaveNet:
         head_struct = _Head(*head_args, head.log_scale_min, temperature)
         noise = noise.to(torch.float32).contiguous()
         x = torch.zeros(batch, length + net.input_kernel)
-        params = torch.zeros(batch, n_params, length) if return_params else None
+        params = torch.zeros(batch, n_params, length) if inputs.return_params else None
         starts = torch.tensor([0, *torch.tensor(group_sizes).cumsum(0).tolist()])
-        lengths = lengths.contiguous()
+        lengths = inputs.lengths.contiguous()
         job = _Job(
             batch=batch,
             length=length,
             groups=len(group_sizes),
-            threads_per_group=threads_per_group,
+            threads_per_group=max(1, threads_per_group),
             params_real=n_params,
             chunk_floats=KERNEL_CHUNK_FLOATS,
             solo_from=_SOLO_FROM_STEP,
+            n_excitation=0 if excitation is None else excitation.shape[1],
             lengths=lengths.data_ptr(),
             group_start=starts.data_ptr(),
             cond=cond.data_ptr(),
             noise=noise.data_ptr(),
             x=x.data_ptr(),
             params_out=params.data_ptr() if params is not None else None,
+            excitation=excitation.data_ptr() if excitation is not None else None,
             timers=self._timers.data_ptr() if self._timers is not None else None,
         )
         with torch.profiler.record_function("wavflow::cpp_generate"):
@@ -1172,16 +1211,12 @@ class _EagerState:
     (B, L, H + 1) with a constant-1 last column, and the samples so far (B, K_in + T)."""
 
     def __init__(
-        self,
-        model: IncrementalWaveNet,
-        weights: dict[str, Tensor],
-        cond: Tensor,
-        noise: Tensor,
-        return_params: bool,
+        self, model: IncrementalWaveNet, weights: dict[str, Tensor], inputs: _Inputs, n_params: int
     ) -> None:
-        n_layers, kernel, residual, gates, skip, n_params = model.folded.sizes
+        n_layers, kernel, residual, gates, skip, n_outputs = model.folded.sizes
+        cond, noise = inputs.cond, inputs.noise
         batch, _, length = cond.shape
-        self.w, self.return_params = weights, return_params
+        self.w, self.return_params, self.n_params = weights, inputs.return_params, n_params
         self.sizes, self.caps = model.folded.sizes, model.capacities
         self.input_kernel = weights["input"].shape[0]
 
@@ -1193,7 +1228,11 @@ class _EagerState:
         self.z = zeros(batch, n_layers, gates // 2 + 1)
         self.z[:, :, -1] = 1.0  # the constant input that carries the residual and skip biases
         self.skip, self.hidden = zeros(batch, skip), zeros(batch, skip)
-        self.params = zeros(length if return_params else 1, batch, n_params)
+        self.params = zeros(length if self.return_params else 1, batch, n_params)
+        self.outputs = zeros(batch, n_outputs)  # params, then amplitudes of the excitation
+        self.excitation = None
+        if inputs.excitation is not None:
+            self.excitation = inputs.excitation.permute(2, 0, 1).contiguous()  # -> (T, B, E)
         self.xs = zeros(batch, length + self.input_kernel)  # x_t at column t + input_kernel
         self.noise = noise.permute(2, 0, 1).unsqueeze(-1).contiguous()  # -> (T, B, N, 1)
         self.tap_index = [
@@ -1256,9 +1295,21 @@ class _EagerState:
         torch.addmm(w["hidden_bias"], self.skip_view, w["hidden"], out=self.hidden_view)
         self.hidden_view.relu_()
         params = self.params[t if self.return_params else 0, :active]
-        torch.addmm(w["out_bias"], self.hidden_view, w["out"], out=params)
+        if self.excitation is None:
+            torch.addmm(w["out_bias"], self.hidden_view, w["out"], out=params)
+        else:
+            params.copy_(self._shifted(t, active, head))
         x_t = head.sample(params.unsqueeze(-1), self.noise[t, :active], temperature)
         self.xs_view[:, t + self.input_kernel] = x_t.view(active)
+
+    def _shifted(self, t: int, active: int, head: GaussianOutput | LogisticMixtureOutput) -> Tensor:
+        """Head params (B, P) with the location moved by sum_e amplitude_e(t) excitation_e(t)."""
+        outputs = self.outputs[:active]
+        torch.addmm(self.w["out_bias"], self.hidden_view, self.w["out"], out=outputs)
+        amplitudes = outputs[:, self.n_params :]
+        shift = (amplitudes * self.excitation[t, :active]).sum(dim=1, keepdim=True)
+        # (B, P) -> (B, P, 1) and back: the head works on (B, channels, T)
+        return head.shift_location(outputs[:, : self.n_params, None], shift[:, :, None])[..., 0]
 
     def result(self) -> tuple[Tensor, Tensor | None]:
         """Samples (B, T) and, if kept, params (T, B, P) -> (B, P, T)."""
