@@ -150,7 +150,8 @@ class WaveNet(nn.Module):
             from wavflow.nn.incremental import IncrementalWaveNet
 
             cached = IncrementalWaveNet(self.stack, dtype=weight_dtype)
-            x = cached.generate(cond, self.head, noise, temperature, lengths)
+            excitation = self.conditioner.excitation(cond)
+            x = cached.generate(cond, self.head, noise, temperature, lengths, excitation=excitation)
         else:
             raise ValueError(
                 f"unknown generation method '{method}': use one of {GENERATION_METHODS}"

@@ -55,6 +55,9 @@ class FloWaveNet(FlowModel):
             (FloWaveNet's `block_per_split`; 1: after every block but the last).
         log_scale_bound: bound of the couplings' |log-scale| (soft clamp).
         speaker_channels: speaker embedding width.
+        n_harmonics: harmonics of the F0 excitation appended to the conditioning of every
+            coupling transform (0: no pitch).
+        sample_rate: audio rate in Hz (for the excitation).
     """
 
     PRESETS: ClassVar[dict[str, dict]] = {
@@ -92,8 +95,12 @@ class FloWaveNet(FlowModel):
         blocks_per_split: int = 4,
         log_scale_bound: float = LOG_SCALE_BOUND,
         speaker_channels: int = 16,
+        n_harmonics: int = 0,
+        sample_rate: int = 22050,
     ) -> None:
-        conditioner = Conditioner(n_mels, hop_length, n_speakers, speaker_channels)
+        conditioner = Conditioner(
+            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate
+        )
 
         def coupling(flow_channels: int, cond_channels: int) -> AffineCoupling:
             return AffineCoupling(

@@ -51,6 +51,9 @@ class WaveGlow(FlowModel):
         lu: LU-parametrised 1x1 convs.
         log_scale_bound: bound of the couplings' |log-scale| (soft clamp).
         speaker_channels: speaker embedding width.
+        n_harmonics: harmonics of the F0 excitation appended to the conditioning of every
+            coupling transform (0: no pitch).
+        sample_rate: audio rate in Hz (for the excitation).
     """
 
     PRESETS: ClassVar[dict[str, dict]] = {
@@ -91,6 +94,8 @@ class WaveGlow(FlowModel):
         lu: bool = False,
         log_scale_bound: float = LOG_SCALE_BOUND,
         speaker_channels: int = 16,
+        n_harmonics: int = 0,
+        sample_rate: int = 22050,
     ) -> None:
         last_channels = group - early_channels * ((n_flows - 1) // early_every)
         if last_channels < 2:
@@ -99,7 +104,9 @@ class WaveGlow(FlowModel):
                 f"(early_channels={early_channels} every {early_every} of {n_flows} flows); "
                 "the last couplings need at least 2"
             )
-        conditioner = Conditioner(n_mels, hop_length, n_speakers, speaker_channels)
+        conditioner = Conditioner(
+            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate
+        )
         cond_channels = conditioner.out_channels * group  # cond is folded like the audio
         # Built from the last flow (x -> z numbering) to the first, i.e. in z -> x order; the
         # flows after an early output sit inside a FactorOut that leaves its channels alone.
