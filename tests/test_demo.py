@@ -33,11 +33,11 @@ TINY = [
 def test_demo_end_to_end(tmp_path, capsys):
     report = run_demo(tmp_path, overrides=TINY, progress=False, student_seconds=3.0, bench=False)
     printed = capsys.readouterr().out
-    assert set(report["metrics"]) == {"teacher", "iaf", "waveglow"}
+    assert set(report["metrics"]) == {"teacher", "iaf", "squeezewave"}
     assert "wavflow demo report" in printed and "| iaf |" in printed
     counts = {
         len(list((tmp_path / "samples" / name).glob("*.wav")))
-        for name in ("real", "teacher", "iaf", "waveglow")
+        for name in ("real", "teacher", "iaf", "squeezewave")
     }
     assert len(counts) == 1 and counts.pop() >= 1
     assert json.loads((tmp_path / "report.json").read_text())["metrics"]["iaf"]["kind"] == "student"

@@ -449,6 +449,11 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         default=150.0,
         help="training time of each distilled student (default 150 s)",
     )
+    command.add_argument(
+        "--students",
+        default="iaf,squeezewave",
+        help="students to distil, comma-separated (default iaf,squeezewave)",
+    )
     command.add_argument("--no-bench", action="store_true", help="skip the quick benchmark")
     command.add_argument("--quiet", action="store_true", help="no progress bars")
     command.set_defaults(run=_run_demo)
@@ -464,6 +469,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         student_seconds=args.student_seconds,
         bench=not args.no_bench,
+        students=tuple(args.students.split(",")),
     )
     return 0
 

@@ -2,7 +2,7 @@
 
 Stages, each skipped when its output is already there, so an interrupted demo continues:
 corpus -> prepare -> teacher (maximum likelihood) -> students distilled from the teacher (the
-IAF and the coupling students listed in `STUDENTS`) -> evaluation -> synthesis of a few
+IAF and the CPU-class SqueezeWave student by default) -> evaluation -> synthesis of a few
 validation clips -> quick benchmark -> report. The recipe's `[train]` budget applies to the
 teacher; each student gets `student_seconds` of training.
 """
@@ -29,7 +29,7 @@ from wavflow.synthesis import SynthesisOptions, has_pitch, vocode
 from wavflow.training import distillation_objective, likelihood_objective, train
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.toml"
-STUDENTS = ("iaf", "waveglow")
+STUDENTS = ("iaf", "squeezewave")
 N_CLIPS = 3
 CLIP_SECONDS = 1.0
 
@@ -41,6 +41,7 @@ def run_demo(
     progress: bool = True,
     student_seconds: float = 150.0,
     bench: bool = True,
+    students: tuple[str, ...] = STUDENTS,
 ) -> dict[str, Any]:
     """Run every stage into `out_dir`; returns (and writes `report.json`) the report."""
     recipe = load_recipe(recipe_path or DEFAULT_RECIPE, list(overrides))
@@ -50,10 +51,10 @@ def run_demo(
     teacher = _stage(
         "teacher", timings, lambda: _train(out_dir / "teacher", recipe, data_dir, progress)
     )
-    students = {}
-    for kind in STUDENTS:
+    distilled = {}
+    for kind in students:
         student_recipe = _student_recipe(recipe, kind, student_seconds)
-        students[kind] = _stage(
+        distilled[kind] = _stage(
             kind,
             timings,
             lambda r=student_recipe, k=kind: _train(out_dir / k, r, data_dir, progress, teacher),
@@ -66,10 +67,10 @@ def run_demo(
             name: evaluate_checkpoint(
                 path, data_dir, teacher, n_clips=N_CLIPS, seconds=CLIP_SECONDS
             )
-            for name, path in {"teacher": teacher, **students}.items()
+            for name, path in {"teacher": teacher, **distilled}.items()
         },
     )
-    _stage("synthesis", timings, lambda: _write_clips(out_dir, data_dir, teacher, students))
+    _stage("synthesis", timings, lambda: _write_clips(out_dir, data_dir, teacher, distilled))
     if bench:
         report["bench"] = _stage(
             "bench", timings, lambda: run_benchmark(QUICK, out_dir / "bench", progress)
