@@ -29,6 +29,7 @@ from wavflow.flows import (
     IAFStudent,
     Inverse,
     Invertible1x1Conv,
+    OutputScale,
     Permute,
     Reverse,
     SequentialFlow,
@@ -85,6 +86,7 @@ def depthwise_coupling(channels: int) -> AffineCoupling:
 
 LAYER_CASES = [
     Case("actnorm", lambda: ActNorm(4), z_shape=(4, 8)),
+    Case("output_scale", lambda: OutputScale(-1.5), z_shape=(2, 8)),
     Case("invconv", lambda: Invertible1x1Conv(4), z_shape=(4, 8)),
     Case("invconv_lu", lambda: Invertible1x1Conv(4, lu=True), z_shape=(4, 8)),
     Case(
@@ -194,6 +196,11 @@ STUDENT_CASES = [
         ),
         reads_cond=True,
         n_speakers=2,
+    ),
+    Case(  # with a learned output scale that starts quiet
+        "student_squeezewave_quiet",
+        lambda: SqueezeWave(N_MELS, HOP, **SqueezeWave.PRESETS["tiny"], init_log_scale=-0.5),
+        reads_cond=True,
     ),
     Case(  # fold = hop: one frame per step; an early output after every flow
         "student_squeezewave_fold_hop",

@@ -406,3 +406,29 @@ class FactorOut(Flow):
 
     def extra_repr(self) -> str:
         return f"n_factored={self.n_factored}, factored_first={self.factored_first}"
+
+
+class OutputScale(Flow):
+    """x = exp(s) z with one learned log-scale s, log|det| = s * (elements per item).
+
+    Placed last in the sampling direction, it lets a student start at the loudness of speech
+    (s = log 0.05, say) rather than at unit variance, which keeps a distillation KL against a
+    teacher of quiet audio in a sane range from the first step.
+
+    Args:
+        init_log_scale: s at initialisation.
+    """
+
+    def __init__(self, init_log_scale: float = 0.0) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(float(init_log_scale)))
+
+    def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        elements = z[0].numel()
+        logdet = (self.log_scale * elements).expand(z.shape[0])
+        return z * torch.exp(self.log_scale), logdet
+
+    def inverse(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        elements = x[0].numel()
+        logdet = (-self.log_scale * elements).expand(x.shape[0])
+        return x * torch.exp(-self.log_scale), logdet

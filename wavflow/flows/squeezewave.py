@@ -36,6 +36,7 @@ from wavflow.flows.layers import (
     AffineCoupling,
     FactorOut,
     Invertible1x1Conv,
+    OutputScale,
     Squeeze,
     fold,
 )
@@ -251,6 +252,8 @@ class SqueezeWave(FlowModel):
         lu: LU-parametrised 1x1 convs.
         log_scale_bound: bound of the couplings' |log-scale| (soft clamp).
         speaker_channels: speaker embedding width.
+        init_log_scale: log of a learned output scale applied last (0: none; about -3 starts a
+            distilled student near the loudness of speech).
 
     References:
         Zhai et al., "SqueezeWave", arXiv:2001.05685.
@@ -343,6 +346,7 @@ class SqueezeWave(FlowModel):
         lu: bool = False,
         log_scale_bound: float = LOG_SCALE_BOUND,
         speaker_channels: int = 16,
+        init_log_scale: float = 0.0,
     ) -> None:
         if early_every < 1:
             raise ValueError(f"early_every must be >= 1, got {early_every}")
@@ -377,11 +381,13 @@ class SqueezeWave(FlowModel):
                 layers = [FactorOut(SequentialFlow(layers), early_channels, factored_first=True)]
         # z (B, 1, T) -> (B, fold, T // fold) -> flows -> x (B, 1, T); cond is already at
         # T // fold steps, so the folds leave it alone.
+        output_scale = [OutputScale(init_log_scale)] if init_log_scale else []
         flow = SequentialFlow(
             [
                 Squeeze(fold, fold_cond=False),
                 *layers,
                 Inverse(Squeeze(fold, fold_cond=False)),
+                *output_scale,
             ]
         )
         super().__init__(
