@@ -222,3 +222,57 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical(prepared_dir, tmp_path):
         assert torch.equal(a[key], b[key]), key
     assert any(not torch.equal(a[k], initial[k]) for k in a), "no step was taken"
     assert (tmp_path / "run" / "ckpt_00000004.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["waveglow", "flowavenet", "squeezewave"])
+def test_maximum_likelihood_lowers_a_coupling_students_validation_nll(kind, prepared_dir, tmp_path):
+    from wavflow.checkpoint import build_student
+
+    sizes = {
+        "waveglow": [
+            "student.waveglow.n_flows=2",
+            "student.waveglow.n_layers=2",
+            "student.waveglow.channels=8",
+            "student.waveglow.group=4",
+            "student.waveglow.early_every=4",
+        ],
+        "flowavenet": [
+            "student.flowavenet.n_blocks=2",
+            "student.flowavenet.flows_per_block=2",
+            "student.flowavenet.channels=8",
+            "student.flowavenet.blocks_per_split=1",
+        ],
+        "squeezewave": [
+            "student.squeezewave.n_flows=2",
+            "student.squeezewave.fold=64",
+            "student.squeezewave.channels=8",
+            "student.squeezewave.n_layers=2",
+            "student.squeezewave.early_channels=4",
+        ],
+    }[kind]
+    recipe = load_recipe(
+        TINY,
+        [
+            f'student.kind="{kind}"',
+            *sizes,
+            "train.steps=60",
+            "train.eval_every=30",
+            "train.lr=3e-3",
+        ],
+    )
+    torch.manual_seed(0)
+    objective = likelihood_objective("student", build_student(recipe), recipe.features)
+    first = objective.validate(objective.model.eval(), _validation(prepared_dir, recipe))["nll"]
+    state = train(objective, recipe, prepared_dir, tmp_path / "run", progress=False)
+    assert state.history[-1]["val/nll"] < first - 0.5, (first, state.history)
+
+
+def _validation(prepared_dir, recipe):
+    from wavflow.data import PreparedData, SegmentDataset
+
+    dataset = SegmentDataset(
+        PreparedData(prepared_dir), "val", recipe.data.segment_length, random_crops=False
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=recipe.train.batch_size)
+    return [next(iter(loader))]

@@ -159,6 +159,7 @@ def train(
     speakers = speakers if speakers is not None else prepared.speakers
 
     model, loss_module = objective.model.to(device), objective.loss.to(device)
+    loss_module.train()
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
