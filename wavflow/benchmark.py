@@ -104,11 +104,14 @@ def _runner(method: str, model: nn.Module, dtype: torch.dtype) -> Callable[[Tens
             return model.generate(cond, generation, generator=generator, weight_dtype=weights)
 
         return teacher
+    from wavflow.synthesis import SynthesisOptions, vocode
+
     model = model.to(dtype)
+    options = SynthesisOptions(dtype="bf16" if dtype == torch.bfloat16 else "fp32")
 
     def student(feats: Tensor) -> Tensor:
-        cond = model.condition(feats.to(dtype))
-        return model.sample(cond, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        return vocode(model, feats.to(dtype), BENCH_FEATURES, options, generator)[:, None]
 
     return student
 

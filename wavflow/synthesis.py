@@ -157,7 +157,9 @@ def vocode(
     # Noise is drawn in float32 whatever the dtype, so bf16 and fp32 runs share it.
     shape = (feats.shape[0], 1, total)
     z = model.base.sample(shape, options.temperature, generator, device=feats.device).to(dtype)
-    chunk = _aligned_frames(model, features, options.chunk_seconds)
+    # Some students are faster in short chunks (their activations then stay in cache).
+    seconds = min(options.chunk_seconds, getattr(model, "chunk_seconds", options.chunk_seconds))
+    chunk = _aligned_frames(model, features, seconds)
     if feats.shape[-1] <= chunk:
         x, _ = model.flow(z, model.condition(feats, None, f0))
         return x[:, 0]
@@ -189,15 +191,19 @@ def _vocode_chunks(
     features: FeatureConfig,
     f0: Tensor | None,
 ) -> Tensor:
-    """Synthesise frames [s, s + chunk) from a window with `context` frames either side; keep
-    the middle. Window edges are padded (mel edge, zero noise) to keep fold alignment; the
-    excitation's phase is the whole utterance's, so it is continuous across chunks."""
+    """Synthesise frames [s, s + chunk) from a window with `context` frames before (and after,
+    for non-causal students; two frames for causal ones), and keep the middle. Window edges are
+    padded (mel edge, zero noise) to keep fold alignment; the excitation's phase is the whole
+    utterance's, so it is continuous across chunks."""
     hop, frames = features.hop_length, feats.shape[-1]
+    # A causal student needs past context only, plus the mel upsampler's look-ahead.
+    lookahead = _aligned_frames(model, features, 2 * hop / features.sample_rate)
+    lookahead = lookahead if getattr(model, "causal", False) else context
     phase = None if f0 is None else excitation_phase(f0, hop, features.sample_rate)
     pieces = []
     for start in range(0, frames, chunk):
         stop = min(start + chunk, frames)
-        left, right = min(context, start), min(context, frames - stop)
+        left, right = min(context, start), min(lookahead, frames - stop)
         span = slice(start - left, stop + right)
         window, noise = feats[..., span], z[..., span.start * hop : span.stop * hop]
         pad = _fold_padding(model, window.shape[-1], hop)
