@@ -24,7 +24,13 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     "${pip[@]}" torch
   else
     echo "setup: no CUDA GPU: installing the CPU build of torch==$torch_version" >&2
-    "${pip[@]}" "torch==$torch_version" --extra-index-url "$cpu_index"
+    # Use the CPU index when it answers; offline machines take the wheel pip finds locally.
+    extra=()
+    if "$venv/bin/python" -c "import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=5)" \
+      "$cpu_index/torch/" >/dev/null 2>&1; then
+      extra=(--extra-index-url "$cpu_index")
+    fi
+    "${pip[@]}" "torch==$torch_version" "${extra[@]}"
   fi
 fi
 
