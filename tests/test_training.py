@@ -265,7 +265,10 @@ def test_maximum_likelihood_lowers_a_coupling_students_validation_nll(kind, prep
     objective = likelihood_objective("student", build_student(recipe), recipe.features)
     first = objective.validate(objective.model.eval(), _validation(prepared_dir, recipe))["nll"]
     state = train(objective, recipe, prepared_dir, tmp_path / "run", progress=False)
-    assert state.history[-1]["val/nll"] < first - 0.5, (first, state.history)
+    final = state.history[-1]
+    # ActNorm's data-dependent start already fits the context-free Gaussian; training must
+    # go below both where it started and that baseline.
+    assert final["val/nll"] < min(first, final["val/baseline_nll"]) - 0.05, (first, final)
 
 
 def _validation(prepared_dir, recipe):
