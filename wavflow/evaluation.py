@@ -162,13 +162,15 @@ def evaluate_checkpoint(
     seconds: float = 1.0,
     nll_seconds: float = 0.1,
     seed: int = 0,
+    teacher_samples: bool = True,
 ) -> dict:
     """Metrics of a teacher or student checkpoint on validation clips (see `wavflow evaluate`).
 
     Returns a dict with the model's kind, its NLL where defined (nats per sample), and for the
     teacher's sequential samples ("teacher_samples") and the student's parallel samples
     ("student_samples"): log-mel distance and MCD to the real audio (dB), and for students the
-    KL to the teacher and the teacher's NLL of the student's samples.
+    KL to the teacher and the teacher's NLL of the student's samples. `teacher_samples=False`
+    skips the teacher's (slow, sequential) samples when evaluating a student.
     """
     from wavflow.checkpoint import load_model, load_teacher
 
@@ -193,7 +195,8 @@ def evaluate_checkpoint(
 
     if teacher is not None:
         result["teacher_nll_of_real"] = _nll(teacher, clips)
-        result["teacher_samples"] = sample_metrics(draw(teacher), clips["audio"], features)
+        if teacher_samples or state["kind"] == "teacher":
+            result["teacher_samples"] = sample_metrics(draw(teacher), clips["audio"], features)
     if state["kind"] == "student" and teacher is not None:
         result["student_samples"] = distillation_metrics(model, teacher, clips, features, seed)
     elif state["kind"] == "student":
