@@ -25,6 +25,7 @@ from wavflow.flows import (
     FloWaveNet,
     FlowModel,
     FrameRateConditioner,
+    HarmonicShift,
     IAFFlow,
     IAFStudent,
     Inverse,
@@ -67,6 +68,7 @@ class Case:
     has_identity_init: bool = False
     is_iaf: bool = False
     n_speakers: int = 0
+    cond_channels: int = COND_CHANNELS  # layers' cond
 
     @property
     def is_student(self) -> bool:
@@ -87,6 +89,13 @@ def depthwise_coupling(channels: int) -> AffineCoupling:
 LAYER_CASES = [
     Case("actnorm", lambda: ActNorm(4), z_shape=(4, 8)),
     Case("output_scale", lambda: OutputScale(-1.5), z_shape=(2, 8)),
+    Case(  # cond: 3 frame channels, then 2 excitation signals folded 4 per step
+        "harmonic_shift",
+        lambda: HarmonicShift(4, COND_CHANNELS, 2),
+        z_shape=(4, 8),
+        reads_cond=True,
+        cond_channels=COND_CHANNELS + 2 * 4,
+    ),
     Case("invconv", lambda: Invertible1x1Conv(4), z_shape=(4, 8)),
     Case("invconv_lu", lambda: Invertible1x1Conv(4, lu=True), z_shape=(4, 8)),
     Case(
@@ -215,12 +224,16 @@ CASES = LAYER_CASES + STUDENT_CASES
 
 
 def perturb(module: nn.Module, std: float = 0.3) -> None:
-    """Makes every zero-initialised output conv non-zero, so no layer is the identity."""
+    """Makes every zero-initialised output conv (or weight-norm gain) non-zero, so no layer is
+    the identity."""
     with torch.no_grad():
         for child in module.modules():
             if isinstance(child, ZeroConv1d):
                 child.weight.normal_(0.0, std)
                 child.bias.normal_(0.0, std)
+            gains = getattr(getattr(child, "parametrizations", None), "weight", None)
+            if gains is not None and not gains.original0.any():
+                gains.original0.normal_(0.0, std)
 
 
 @dataclass
@@ -241,7 +254,7 @@ def make_inputs(case: Case, seed: int) -> tuple[Tensor, Tensor | None, Tensor | 
         speaker = torch.tensor([0, 1]) if case.n_speakers else None
         return feats, speaker, None
     z = torch.randn(BATCH, *case.z_shape, generator=gen, dtype=DTYPE)
-    cond = torch.randn(BATCH, COND_CHANNELS, case.z_shape[1], generator=gen, dtype=DTYPE)
+    cond = torch.randn(BATCH, case.cond_channels, case.z_shape[1], generator=gen, dtype=DTYPE)
     return z, None, cond
 
 

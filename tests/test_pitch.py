@@ -10,7 +10,8 @@ import torch
 
 from wavflow.audio import estimate_f0
 from wavflow.config import FeatureConfig
-from wavflow.flows import IAFStudent
+from wavflow.flows import IAFStudent, SqueezeWave
+from wavflow.flows.layers import HarmonicShift
 from wavflow.nn.conditioning import F0Predictor, excitation_phase, harmonic_excitation
 from wavflow.teacher import WaveNet
 
@@ -133,6 +134,54 @@ def test_iaf_shift_carries_the_excitation():
     )
     cond = student.condition(feats, f0=torch.full((1, 4), 150.0).double())
     assert torch.allclose(student.log_prob(x, cond), log_q, atol=1e-6)
+
+
+def _pitch_squeezewave() -> SqueezeWave:
+    """A tiny SqueezeWave (fold 8, hop 16) with pitch, its harmonic weights made non-zero."""
+    torch.manual_seed(0)
+    sizes = {**SqueezeWave.PRESETS["tiny"], "n_harmonics": 3, "sample_rate": 16000}
+    student = SqueezeWave(8, 16, **sizes).double()
+    with torch.no_grad():
+        for layer in student.modules():
+            if isinstance(layer, HarmonicShift):
+                layer.weights.bias.fill_(0.5)
+    return student
+
+
+def test_harmonic_shift_starts_as_the_identity_and_keeps_volume():
+    layer = HarmonicShift(8, 5, 4)
+    z, cond = torch.randn(2, 8, 6), torch.randn(2, 5 + 4 * 8, 6)
+    x, logdet = layer(z, cond)
+    assert torch.equal(x, z) and torch.equal(logdet, torch.zeros(2))
+    torch.nn.init.normal_(layer.weights.parametrizations.weight.original0)
+    x, logdet = layer(z, cond)
+    assert not torch.allclose(x, z) and torch.equal(logdet, torch.zeros(2))
+
+
+def test_squeezewave_adds_the_excitation_to_its_output():
+    student = _pitch_squeezewave()
+    feats = torch.randn(1, 8, 32, dtype=torch.float64)
+    voiced = torch.full((1, 32), 250.0, dtype=torch.float64)
+    cond = {
+        name: student.condition(feats, f0=f0) for name, f0 in [("on", voiced), ("off", 0 * voiced)]
+    }
+    # cond = [frame features | 2K excitation signals folded 8 per step]
+    assert cond["on"].shape == (1, student.conditioner.frame_channels + 6 * 8, 64)
+    mean = {name: student.sample(c, temperature=0.0)[0, 0] for name, c in cond.items()}
+    difference = mean["on"] - mean["off"]  # the weighted harmonics of 250 Hz, nothing else
+    spectrum = torch.fft.rfft(difference).abs()  # 512 samples: bins of 31.25 Hz
+    harmonic_bins = [8, 16, 24]  # 250, 500, 750 Hz
+    assert spectrum[harmonic_bins].sum() > 0.95 * spectrum.sum()
+    x, log_q = student.rsample_and_log_prob(cond["on"])
+    assert torch.allclose(student.log_prob(x, cond["on"]), log_q, atol=1e-8)
+
+
+def test_squeezewave_predicts_f0_for_bare_mels():
+    student = _pitch_squeezewave()
+    f0 = student.conditioner.f0_predictor(torch.randn(2, 8, 6, dtype=torch.float64))
+    assert f0.shape == (2, 6) and (f0 >= 0).all()
+    with pytest.raises(ValueError, match="pitch"):
+        student.condition(torch.randn(1, 8, 4, dtype=torch.float64))
 
 
 def test_f0_predictor_learns_a_mel_to_f0_mapping():

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from wavflow.audio import check_features_match
-from wavflow.config import FeatureConfig, Recipe, RecipeError, recipe_from_dict, to_dict
+from wavflow.config import FeatureConfig, Recipe, recipe_from_dict, to_dict
 from wavflow.nn.conv import add_weight_norm, remove_weight_norm
 from wavflow.teacher import WaveNet
 
@@ -41,14 +41,8 @@ def build_teacher(recipe: Recipe, n_speakers: int = 0) -> WaveNet:
 def build_student(recipe: Recipe, n_speakers: int = 0, kind: str | None = None) -> nn.Module:
     """A new student of `kind` (default `[student] kind`) from its `[student.<kind>]` sizes."""
     from wavflow.flows import build_student as build_flow_student
-    from wavflow.flows import student_sizes
 
     kind = kind or recipe.student.kind
-    if recipe.data.harmonics and "n_harmonics" not in student_sizes(kind):
-        raise RecipeError(
-            f"student '{kind}' has no pitch conditioning: set data.pitch = \"none\" or pick "
-            "a student that has it (iaf, waveglow, flowavenet)"
-        )
     return build_flow_student(
         kind,
         recipe.features.n_mels,

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
 
 from wavflow.flows.base import Flow
 from wavflow.nn.wavenet import WaveNetStack
@@ -432,3 +433,51 @@ class OutputScale(Flow):
         elements = x[0].numel()
         logdet = (-self.log_scale * elements).expand(x.shape[0])
         return x * torch.exp(-self.log_scale), logdet
+
+
+class HarmonicShift(Flow):
+    """x = z + sum_k a_k e_k on folded audio: the F0 excitation, weighted from the mel, added.
+
+    `cond` (B, C_frame + K * G, S) ends with an excitation of K channels folded like the audio
+    (channel k * G + i at step s is e_k[s * G + i]); the first C_frame channels (mel, speaker)
+    set the weights a_k per step through a centred, weight-normalised conv whose gains start
+    at zero, so a new layer is the identity and a step of the optimiser moves a_k by an amount
+    that does not grow with the scale of the log-mel. A shift only: log-det 0. This puts
+    pitch in the signal path of a folded flow at the cost of K multiply-adds per sample.
+
+    Args:
+        channels: G, samples folded per step (C of z and x).
+        frame_channels: C_frame, the leading channels of `cond` that set the weights.
+        excitation_channels: K, excitation signals folded into the end of `cond`.
+        kernel_size: taps of the conv over the frame channels (odd).
+    """
+
+    def __init__(
+        self, channels: int, frame_channels: int, excitation_channels: int, kernel_size: int = 3
+    ) -> None:
+        super().__init__()
+        self.channels, self.excitation_channels = channels, excitation_channels
+        if kernel_size % 2 == 0:
+            raise ValueError(f"a centred conv needs an odd kernel_size, got {kernel_size}")
+        conv = nn.Conv1d(
+            frame_channels, excitation_channels, kernel_size, padding=(kernel_size - 1) // 2
+        )
+        self.weights = weight_norm(conv)
+        with torch.no_grad():
+            self.weights.parametrizations.weight.original0.zero_()  # the gains g
+            self.weights.bias.zero_()
+
+    def _shift(self, cond: Tensor | None) -> Tensor:
+        if cond is None:
+            raise ValueError("HarmonicShift needs cond")
+        batch, _, steps = cond.shape
+        weights = self.weights(cond[:, : self.weights.in_channels])  # (B, K, S)
+        excitation = cond[:, -self.excitation_channels * self.channels :]
+        excitation = excitation.reshape(batch, self.excitation_channels, self.channels, steps)
+        return torch.einsum("bks,bkgs->bgs", weights, excitation)  # (B, G, S)
+
+    def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return z + self._shift(cond), _zeros(z)
+
+    def inverse(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return x - self._shift(cond), _zeros(x)

@@ -14,7 +14,8 @@ Differences from tianrengao/SqueezeWave `glow.py`: no BatchNorm before the depth
 (batch statistics would make train and eval differ; every conv is weight-normalised instead,
 as in WaveGlow), log-scales are soft-clamped, the depthwise convs may be dilated
 (`dilation_base`; the released code uses dilation 1), and a `fold` above the hop stacks frames
-into channels instead of failing.
+into channels instead of failing. With pitch (`n_harmonics`), a `HarmonicShift` adds the F0
+excitation to the folded output, so pitch is in the signal path as in our other students.
 
 References:
     Zhai et al., "SqueezeWave: Extremely Lightweight Vocoders for On-device Speech Synthesis",
@@ -35,16 +36,19 @@ from wavflow.flows.layers import (
     LOG_SCALE_BOUND,
     AffineCoupling,
     FactorOut,
+    HarmonicShift,
     Invertible1x1Conv,
     OutputScale,
     Squeeze,
     fold,
 )
+from wavflow.nn.conditioning import F0Predictor, harmonic_excitation
 from wavflow.nn.conv import ZeroConv1d, add_weight_norm
 
 
 class FrameRateConditioner(nn.Module):
-    """Mel frames (+ speaker embedding) at the folded rate: one `cond` step per `fold` samples.
+    """Mel frames (+ speaker embedding, + F0 excitation) at the folded rate: one `cond` step
+    per `fold` samples.
 
     With hop H and fold G, T = frames * H audio samples make T / G steps:
 
@@ -52,9 +56,15 @@ class FrameRateConditioner(nn.Module):
     - H divides G: G / H consecutive frames are stacked into channels, (B, n_mels, F) ->
       (B, n_mels * G / H, F * H / G), so no frame is dropped.
 
-    No parameters but the speaker embedding: every coupling projects this `cond` with its own
-    1x1 conv, and a 1x1 conv of a repeated frame equals the repeated projection, so nothing
-    is lost by not learning an upsampler.
+    `cond` = [frame features (`frame_channels`: mels, then the speaker embedding); with pitch,
+    the harmonic excitation (2K signals at audio rate, `harmonic_excitation`) folded like the
+    audio, 2K * G channels, last]. The couplings read the frame features only; `HarmonicShift`
+    adds the excitation to the output. With pitch, an `F0Predictor` gives F0 for mels that
+    come without.
+
+    No parameters but the speaker embedding and the F0 predictor: every coupling projects
+    this `cond` with its own 1x1 conv, and a 1x1 conv of a repeated frame equals the repeated
+    projection, so nothing is lost by not learning an upsampler.
 
     Args:
         n_mels: mel bands of `feats`.
@@ -62,6 +72,8 @@ class FrameRateConditioner(nn.Module):
         fold: audio samples per step (G); one of G, H must divide the other.
         n_speakers: speakers (0: no global conditioning).
         speaker_channels: embedding width.
+        n_harmonics: K, harmonics of the F0 excitation (0: no pitch conditioning).
+        sample_rate: audio rate in Hz (for the excitation).
     """
 
     def __init__(
@@ -71,6 +83,8 @@ class FrameRateConditioner(nn.Module):
         fold: int,
         n_speakers: int = 0,
         speaker_channels: int = 16,
+        n_harmonics: int = 0,
+        sample_rate: int = 22050,
     ) -> None:
         super().__init__()
         if hop_length % fold and fold % hop_length:
@@ -78,19 +92,27 @@ class FrameRateConditioner(nn.Module):
                 f"fold={fold} and hop_length={hop_length}: one must divide the other, so that "
                 "every step of the folded audio sees whole frames"
             )
+        self.hop_length, self.fold = hop_length, fold
         self.repeats = max(1, hop_length // fold)
         self.frames_per_step = max(1, fold // hop_length)
         self.speaker = nn.Embedding(n_speakers, speaker_channels) if n_speakers else None
+        self.n_harmonics, self.sample_rate = n_harmonics, sample_rate
+        self.f0_predictor = F0Predictor(n_mels) if n_harmonics else None
         speaker_out = speaker_channels if n_speakers else 0
-        self.out_channels = n_mels * self.frames_per_step + speaker_out
+        self.frame_channels = n_mels * self.frames_per_step + speaker_out
+        self.out_channels = self.frame_channels + 2 * n_harmonics * fold
 
     def forward(
-        self, feats: Tensor, speaker: Tensor | None = None, f0: Tensor | None = None
+        self,
+        feats: Tensor,
+        speaker: Tensor | None = None,
+        f0: Tensor | None = None,
+        phase: Tensor | None = None,
     ) -> Tensor:
-        """(B, n_mels, F), speaker ids (B,) -> cond (B, out_channels, F * hop_length / fold).
+        """(B, n_mels, F), speaker ids (B,), F0 (B, F) Hz -> cond (B, out_channels,
+        F * hop_length / fold).
 
-        `f0` is accepted for `FlowModel.condition`'s interface and unused: SqueezeWave has no
-        pitch conditioning.
+        `phase` (B, F * hop): the excitation's phase when this is a chunk of a longer input.
         """
         cond = feats
         if self.frames_per_step > 1:
@@ -102,12 +124,20 @@ class FrameRateConditioner(nn.Module):
             cond = fold(feats, self.frames_per_step)  # (B, M, F) -> (B, M * k, F / k)
         elif self.repeats > 1:
             cond = feats.repeat_interleave(self.repeats, dim=-1)  # (B, M, F) -> (B, M, F * r)
-        if self.speaker is None:
-            return cond
-        if speaker is None:
-            raise ValueError("this model was trained with speakers: pass a speaker id per item")
-        embedding = self.speaker(speaker)[:, :, None]  # (B, E) -> (B, E, 1)
-        return torch.cat([cond, embedding.expand(-1, -1, cond.shape[-1])], dim=1)
+        parts = [cond]
+        if self.speaker is not None:
+            if speaker is None:
+                raise ValueError("this model was trained with speakers: pass a speaker id per item")
+            embedding = self.speaker(speaker)[:, :, None]  # (B, E) -> (B, E, 1)
+            parts.append(embedding.expand(-1, -1, cond.shape[-1]))
+        if self.n_harmonics:
+            if f0 is None:
+                raise ValueError("this model is conditioned on pitch: pass F0 (B, frames) in Hz")
+            excitation = harmonic_excitation(
+                f0, self.hop_length, self.sample_rate, self.n_harmonics, phase
+            )  # (B, 2K, T)
+            parts.append(fold(excitation.to(feats.dtype), self.fold))  # -> (B, 2K * G, T / G)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else cond
 
 
 class DepthwiseWaveNet(nn.Module):
@@ -126,7 +156,8 @@ class DepthwiseWaveNet(nn.Module):
     Args:
         in_channels: channels of the coupling's conditioning half.
         out_channels: 2 x the channels of the transformed half (shift, raw log-scale).
-        cond_channels: channels of `cond` (0: unconditioned).
+        cond_channels: channels of `cond` it reads, the first ones (0: unconditioned); channels
+            after them are left to other layers (SqueezeWave's folded excitation).
         n_layers: gated layers L.
         channels: residual width C (gates 2C).
         kernel_size: taps of the depthwise convs (odd).
@@ -178,7 +209,10 @@ class DepthwiseWaveNet(nn.Module):
         # output to a blocked layout on every call (about 2x slower here); elsewhere neutral.
         h = _conv(self.start, _channels_last(x))
         # (B, cond_channels, 1, T) -> (B, 2C * L, 1, T): every layer's conditioning in one conv
-        conds = _conv(self.cond, _channels_last(cond)) if self.cond is not None else None
+        if self.cond is not None:  # channels after the first cond_channels are not ours
+            conds = _conv(self.cond, _channels_last(cond[:, : self.cond.in_channels]))
+        else:
+            conds = None
         width = 2 * self.channels
         for i in range(self.n_layers):
             gates = _conv(self.pointwise[i], _conv(self.depthwise[i], h))
@@ -254,6 +288,9 @@ class SqueezeWave(FlowModel):
         speaker_channels: speaker embedding width.
         init_log_scale: log of a learned output scale applied last (0: none; about -3 starts a
             distilled student near the loudness of speech).
+        n_harmonics: harmonics of the F0 excitation added to the output by a `HarmonicShift`
+            (0: no pitch; not in the published model).
+        sample_rate: audio rate in Hz (for the excitation).
 
     References:
         Zhai et al., "SqueezeWave", arXiv:2001.05685.
@@ -347,6 +384,8 @@ class SqueezeWave(FlowModel):
         log_scale_bound: float = LOG_SCALE_BOUND,
         speaker_channels: int = 16,
         init_log_scale: float = 0.0,
+        n_harmonics: int = 0,
+        sample_rate: int = 22050,
     ) -> None:
         if early_every < 1:
             raise ValueError(f"early_every must be >= 1, got {early_every}")
@@ -357,7 +396,10 @@ class SqueezeWave(FlowModel):
                 f"(early_channels={early_channels} every {early_every} of {n_flows} flows); "
                 "the last couplings need at least 2"
             )
-        conditioner = FrameRateConditioner(n_mels, hop_length, fold, n_speakers, speaker_channels)
+        conditioner = FrameRateConditioner(
+            n_mels, hop_length, fold, n_speakers, speaker_channels, n_harmonics, sample_rate
+        )
+        frame_channels = conditioner.frame_channels
         # Built from the last flow (x -> z numbering) to the first, i.e. in z -> x order; the
         # flows after an early output sit inside a FactorOut that leaves its channels alone.
         layers: list[Flow] = []
@@ -367,20 +409,22 @@ class SqueezeWave(FlowModel):
             net = DepthwiseWaveNet(
                 half,
                 2 * (remaining - half),
-                conditioner.out_channels,
+                frame_channels,
                 n_layers,
                 channels,
                 kernel_size,
                 dilation_base,
             )
             coupling = AffineCoupling(
-                remaining, conditioner.out_channels, log_scale_bound=log_scale_bound, net=net
+                remaining, frame_channels, log_scale_bound=log_scale_bound, net=net
             )
             layers += [coupling, Invertible1x1Conv(remaining, lu=lu)]
             if k % early_every == 0 and k > 0 and early_channels:
                 layers = [FactorOut(SequentialFlow(layers), early_channels, factored_first=True)]
         # z (B, 1, T) -> (B, fold, T // fold) -> flows -> x (B, 1, T); cond is already at
         # T // fold steps, so the folds leave it alone.
+        if n_harmonics:
+            layers.append(HarmonicShift(fold, frame_channels, 2 * n_harmonics))
         output_scale = [OutputScale(init_log_scale)] if init_log_scale else []
         flow = SequentialFlow(
             [
