@@ -127,6 +127,23 @@ def test_prepare_refuses_other_feature_settings(prepared_dir, corpus_dir, tiny_r
         PreparedData(prepared_dir, expected=other)
 
 
+def test_prepare_refuses_other_data_settings(prepared_dir, corpus_dir, tiny_recipe, tmp_path):
+    data = tiny_recipe.data
+    other = data.__class__(
+        **{**data.__dict__, "f0_method": "none" if data.f0_method != "none" else "pyin"}
+    )
+    with pytest.raises(DataError, match="data.f0_method"):
+        prepare_dataset(corpus_dir, prepared_dir, tiny_recipe.features, other, progress=False)
+    # A folder from a wavflow that did not record its data settings is refused too, whole.
+    old = tmp_path / "old"
+    old.mkdir()
+    saved = json.loads((prepared_dir / "features.json").read_text())
+    (old / "features.json").write_text(json.dumps({"features": saved["features"]}))
+    with pytest.raises(DataError, match="does not record it"):
+        prepare_dataset(corpus_dir, old, tiny_recipe.features, data, progress=False)
+    assert sorted(p.name for p in old.iterdir()) == ["features.json"]
+
+
 def test_ljspeech_layout(tmp_path, corpus_dir, tiny_recipe):
     root = tmp_path / "LJSpeech-1.1"
     (root / "wavs").mkdir(parents=True)

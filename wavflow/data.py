@@ -227,15 +227,45 @@ def _run_parallel(
     return results
 
 
+# [data] settings that change what `prepare` writes for an utterance.
+OUTPUT_DATA_FIELDS = ("trim_db", "peak", "silence_db", "f0_method", "f0_min", "f0_max")
+
+
 def _claim_output(out_dir: Path, features: FeatureConfig, data: DataConfig) -> None:
-    """Write features.json, or check that an existing one matches these settings."""
+    """Write features.json, or check that an existing one matches these settings (features,
+    and the `OUTPUT_DATA_FIELDS` of data), so no folder mixes utterances made two ways."""
     settings = {"features": dataclasses.asdict(features), "data": dataclasses.asdict(data)}
     path = out_dir / "features.json"
     if path.is_file():
-        found = from_dict(FeatureConfig, json.loads(path.read_text())["features"], "features")
+        saved = json.loads(path.read_text())
+        found = from_dict(FeatureConfig, saved["features"], "features")
         check_features_match(features, found, str(out_dir))
+        _check_data_match(data, saved.get("data", {}), out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_text_atomic(path, json.dumps(settings, indent=2))
+
+
+def _check_data_match(data: DataConfig, saved: dict[str, Any], out_dir: Path) -> None:
+    """Raise a DataError listing every output-changing [data] setting that `out_dir` was
+    prepared with differently (a setting it does not record counts as different)."""
+    diffs = [
+        f"data.{name}: the recipe has {getattr(data, name)!r}, {out_dir} was prepared with "
+        f"{saved[name]!r}"
+        if name in saved
+        else f"data.{name}: {out_dir} does not record it"
+        for name in OUTPUT_DATA_FIELDS
+        if saved.get(name, _MISSING) != getattr(data, name)
+    ]
+    if diffs:
+        raise DataError(
+            f"{out_dir} was prepared with other data settings: "
+            + "; ".join(diffs)
+            + ". Prepare into a new folder (or delete this one), or use the recipe it was made "
+            "with."
+        )
+
+
+_MISSING = object()
 
 
 def _ensure_validation(records: list[dict[str, Any]], data: DataConfig) -> None:
