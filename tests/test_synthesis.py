@@ -31,6 +31,16 @@ TINY_STUDENTS = {
         "student.waveglow.group=4",
         "student.waveglow.early_every=4",
     ],
+    "squeezewave_pitch": [
+        'student.kind="squeezewave"',
+        'data.pitch="harmonic"',
+        "data.n_harmonics=3",
+        "student.squeezewave.n_flows=2",
+        "student.squeezewave.n_layers=2",
+        "student.squeezewave.channels=8",
+        "student.squeezewave.fold=16",
+        "student.squeezewave.early_every=4",
+    ],
 }
 
 
@@ -116,17 +126,21 @@ def test_teacher_batches_of_different_lengths_match_single_items(teacher_checkpo
     assert both[1, 3 * 64 :].abs().sum() == 0
 
 
-@pytest.mark.parametrize(("kind", "tolerance"), [("iaf", 1e-4), ("waveglow", 0.05)])
+@pytest.mark.parametrize(
+    ("kind", "tolerance"), [("iaf", 1e-4), ("waveglow", 0.05), ("squeezewave_pitch", 1e-4)]
+)
 def test_chunked_synthesis_matches_unchunked(kind, tolerance, tmp_path):
     recipe, model, _ = _student(kind, tmp_path)
     model.eval()
     feats = torch.randn(1, 20, 64)
+    f0 = torch.linspace(120, 240, 64)[None] if recipe.data.harmonics else None  # (1, frames) Hz
     whole = vocode(
         model,
         feats,
         recipe.features,
         SynthesisOptions(chunk_seconds=10.0),
         torch.Generator().manual_seed(1),
+        f0=f0,
     )
     chunked = vocode(
         model,
@@ -134,6 +148,7 @@ def test_chunked_synthesis_matches_unchunked(kind, tolerance, tmp_path):
         recipe.features,
         SynthesisOptions(chunk_seconds=0.05, max_context_seconds=0.05),
         torch.Generator().manual_seed(1),
+        f0=f0,
     )
     assert whole.shape == chunked.shape == (1, 64 * 64)
     relative = float((whole - chunked).abs().max() / whole.abs().max())
@@ -164,25 +179,28 @@ def test_bf16_students_stay_close_to_fp32(tmp_path):
     assert float((half.float() - full).norm() / full.norm()) < 0.02
 
 
-@pytest.mark.parametrize("kind", ["iaf", "waveglow"])
+@pytest.mark.parametrize("kind", ["iaf", "waveglow", "squeezewave_pitch"])
 def test_exported_student_runs_without_wavflow(kind, tmp_path):
     recipe, model, checkpoint = _student(kind, tmp_path)
     path = export_student(checkpoint, tmp_path / "student.ts", example_seconds=0.05)
     feats, z = torch.randn(2, 20, 24), torch.randn(2, 1, 24 * 64)
-    torch.save({"feats": feats, "z": z}, tmp_path / "inputs.pt")
+    inputs = [feats, z]
+    if recipe.data.harmonics:  # F0 (B, frames) Hz, voiced but for the first frames
+        inputs.append(torch.cat([torch.zeros(2, 4), torch.linspace(100, 300, 20).expand(2, -1)], 1))
+    torch.save(inputs, tmp_path / "inputs.pt")
     script = textwrap.dedent(f"""
         import sys, torch
         sys.modules["wavflow"] = None  # importing wavflow now fails
         module = torch.jit.load({str(path)!r})
-        data = torch.load({str(tmp_path / "inputs.pt")!r})
-        torch.save(module(data["feats"], data["z"]), {str(tmp_path / "out.pt")!r})
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        torch.save(module(*inputs), {str(tmp_path / "out.pt")!r})
     """)
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
     from wavflow.checkpoint import load_model
 
     reference, _, _ = load_model(checkpoint)
     with torch.no_grad():
-        expected, _ = reference.flow(z, reference.condition(feats))
+        expected, _ = reference.flow(z, reference.condition(feats, None, *inputs[2:]))
     assert torch.allclose(torch.load(tmp_path / "out.pt"), expected[:, 0], atol=1e-5)
 
 

@@ -416,7 +416,8 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
         help="export a student to TorchScript for deployment",
         description="Trace a student checkpoint's sampling path to a TorchScript file that "
         "torch.jit.load runs without wavflow: inputs (feats (B, n_mels, F), noise z "
-        "(B, 1, F * hop)), output audio (B, F * hop).",
+        "(B, 1, F * hop)), plus F0 (B, F) in Hz for pitch-conditioned students; output audio "
+        "(B, F * hop).",
     )
     command.add_argument("--checkpoint", type=Path, required=True, help="student checkpoint")
     command.add_argument("--out", type=Path, required=True, help="TorchScript file to write")

@@ -303,11 +303,21 @@ class _DeployedStudent(nn.Module):
         return x[:, 0]
 
 
+class _DeployedPitchStudent(_DeployedStudent):
+    """As `_DeployedStudent` for a pitch-conditioned student, with F0 (B, F) in Hz (0 =
+    unvoiced) as a third input."""
+
+    def forward(self, feats: Tensor, z: Tensor, f0: Tensor) -> Tensor:  # type: ignore[override]
+        x, _ = self.student.flow(z, self.student.condition(feats, None, f0))
+        return x[:, 0]
+
+
 def export_student(checkpoint: Path, out_path: Path, example_seconds: float = 1.0) -> Path:
     """Trace a student checkpoint to TorchScript (`torch.jit.load` needs no wavflow).
 
-    The traced module takes `(feats, z)`; its inputs' lengths must be multiples of the
-    student's time folds (as for the student itself).
+    The traced module takes `(feats, z)`, and pitch-conditioned students `(feats, z, f0)`
+    with F0 (B, F) in Hz; lengths must be multiples of the student's time folds (as for the
+    student itself).
 
     Raises:
         ValueError: the checkpoint holds a teacher (sequential models are not exported).
@@ -319,9 +329,14 @@ def export_student(checkpoint: Path, out_path: Path, example_seconds: float = 1.
     frames = _aligned_frames(model, features, example_seconds)
     feats = torch.randn(1, features.n_mels, frames)
     z = torch.randn(1, 1, frames * features.hop_length)
-    deployed = _DeployedStudent(model.eval())
+    inputs: tuple[Tensor, ...] = (feats, z)
+    if has_pitch(model):
+        deployed: nn.Module = _DeployedPitchStudent(model.eval())
+        inputs += (torch.full((1, frames), 150.0),)  # any voiced F0 traces the same graph
+    else:
+        deployed = _DeployedStudent(model.eval())
     with torch.no_grad():
-        traced = torch.jit.trace(deployed, (feats, z), check_trace=False)
+        traced = torch.jit.trace(deployed, inputs, check_trace=False)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     traced.save(str(out_path))
     return out_path
