@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import weight_norm
 
 from wavflow.flows.base import Flow
+from wavflow.nn.conv import zero_gain_conv
 from wavflow.nn.wavenet import WaveNetStack
 
 LOG_SCALE_BOUND = 7.0
@@ -412,9 +412,9 @@ class FactorOut(Flow):
 class OutputScale(Flow):
     """x = exp(s) z with one learned log-scale s, log|det| = s * (elements per item).
 
-    Placed last in the sampling direction, it lets a student start at the loudness of speech
-    (s = log 0.05, say) rather than at unit variance, which keeps a distillation KL against a
-    teacher of quiet audio in a sane range from the first step.
+    Placed last in the sampling direction, it lets a student start quiet (s = log 0.05 or
+    lower) rather than at unit variance, which keeps a distillation KL against a teacher of
+    quiet audio in a sane range from the first step.
 
     Args:
         init_log_scale: s at initialisation.
@@ -457,15 +457,7 @@ class HarmonicShift(Flow):
     ) -> None:
         super().__init__()
         self.channels, self.excitation_channels = channels, excitation_channels
-        if kernel_size % 2 == 0:
-            raise ValueError(f"a centred conv needs an odd kernel_size, got {kernel_size}")
-        conv = nn.Conv1d(
-            frame_channels, excitation_channels, kernel_size, padding=(kernel_size - 1) // 2
-        )
-        self.weights = weight_norm(conv)
-        with torch.no_grad():
-            self.weights.parametrizations.weight.original0.zero_()  # the gains g
-            self.weights.bias.zero_()
+        self.weights = zero_gain_conv(frame_channels, excitation_channels, kernel_size)
 
     def _shift(self, cond: Tensor | None) -> Tensor:
         if cond is None:

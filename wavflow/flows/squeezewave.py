@@ -286,8 +286,10 @@ class SqueezeWave(FlowModel):
         lu: LU-parametrised 1x1 convs.
         log_scale_bound: bound of the couplings' |log-scale| (soft clamp).
         speaker_channels: speaker embedding width.
-        init_log_scale: log of a learned output scale applied last (0: none; about -3 starts a
-            distilled student near the loudness of speech).
+        init_log_scale: log of a learned output scale applied last (0: none). For
+            distillation start quiet, about -6: started at the level of speech (-3), the
+            student can settle in a local optimum that fills silences with a loud pattern
+            repeating every `fold` samples (measured on the demo: KL stuck near 4 nats/sample).
         n_harmonics: harmonics of the F0 excitation added to the output by a `HarmonicShift`
             (0: no pitch; not in the published model).
         sample_rate: audio rate in Hz (for the excitation).

@@ -5,6 +5,7 @@ All modules take and return `(B, C, T)` tensors and keep `T`.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
@@ -59,6 +60,21 @@ class ZeroConv1d(nn.Conv1d):
         super().__init__(in_channels, out_channels, 1)
         nn.init.zeros_(self.weight)
         nn.init.zeros_(self.bias)
+
+
+def zero_gain_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Conv1d:
+    """A centred, weight-normalised conv whose gains g (and bias) start at zero: its output
+    starts at zero like a `ZeroConv1d`, but an optimiser step changes it by an amount that
+    does not grow with the scale of its input (a log-mel, say, in the tens)."""
+    if kernel_size % 2 == 0:
+        raise ValueError(f"a centred conv needs an odd kernel_size, got {kernel_size}")
+    conv = weight_norm(
+        nn.Conv1d(in_channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2)
+    )
+    with torch.no_grad():
+        conv.parametrizations.weight.original0.zero_()  # the gains g
+        conv.bias.zero_()
+    return conv
 
 
 def add_weight_norm(module: nn.Module) -> nn.Module:
