@@ -162,7 +162,7 @@ def print_report(report: dict[str, Any], out_dir: Path) -> None:
         samples = metrics.get("student_samples") or metrics.get("teacher_samples") or {}
         kl = samples.get("kl")
         print(
-            f"| {name} | {metrics['step']} | {metrics['nll']:.3f} | "
+            f"| {name} | {metrics['step']} | {metrics['nll']:.4g} | "
             f"{'-' if kl is None else f'{kl:.3f}'} | {samples.get('log_mel_db', float('nan')):.2f} "
             f"| {samples.get('mcd_db', float('nan')):.2f} |"
         )
