@@ -1,4 +1,5 @@
-"""Flow layers shared by the coupling students: normalisation, mixing, coupling and reshapes.
+"""Flow layers shared by the coupling students: normalisation, mixing, coupling, reshapes and
+conditional shifts (the F0 excitation of a folded flow).
 
 Every layer is a `Flow`: `forward` is z -> x (sampling), `inverse` is x -> z, each returns its
 log-det (B,). Tensors are (B, C, T).
