@@ -98,12 +98,7 @@ def pitch_metrics(fake: Tensor, real: Tensor, features: FeatureConfig) -> dict[s
         when there are none); "vuv_error": share of frames whose voicing decisions differ;
         "voiced_recall": share of the real audio's voiced frames that are voiced in the fake.
     """
-    fake_f0 = np.concatenate(
-        [estimate_f0(x.float().reshape(-1).cpu().numpy(), features) for x in fake]
-    )
-    real_f0 = np.concatenate(
-        [estimate_f0(x.float().reshape(-1).cpu().numpy(), features) for x in real]
-    )
+    fake_f0, real_f0 = _track_f0(fake, features), _track_f0(real, features)
     fake_voiced, real_voiced = fake_f0 > 0, real_f0 > 0
     both = fake_voiced & real_voiced
     cents = 1200 * np.log2(fake_f0[both] / real_f0[both]) if both.any() else np.array([np.nan])
@@ -112,6 +107,13 @@ def pitch_metrics(fake: Tensor, real: Tensor, features: FeatureConfig) -> dict[s
         "vuv_error": float(np.mean(fake_voiced != real_voiced)),
         "voiced_recall": float(both.sum() / max(1, real_voiced.sum())),
     }
+
+
+def _track_f0(audio: Tensor, features: FeatureConfig) -> np.ndarray:
+    """pyin F0 (Hz, 0 = unvoiced) of every item of (B, 1, T) audio, frames concatenated."""
+    return np.concatenate(
+        [estimate_f0(x.float().reshape(-1).cpu().numpy(), features) for x in audio]
+    )
 
 
 @torch.no_grad()

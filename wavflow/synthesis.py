@@ -272,12 +272,15 @@ def _batch_f0(f0s: list[np.ndarray | None], feats: Tensor, model: nn.Module) -> 
     """F0 (B, max F) for a batch: given where known, predicted from the mels where not."""
     if not has_pitch(model):
         return None
-    predicted = predict_f0(model, feats)
+    if any(f0 is None for f0 in f0s):
+        batch = predict_f0(model, feats)
+    else:
+        batch = torch.zeros(feats.shape[0], feats.shape[-1])
     for i, f0 in enumerate(f0s):
         if f0 is not None:
-            predicted[i] = 0.0
-            predicted[i, : len(f0)] = torch.from_numpy(f0)
-    return predicted
+            batch[i] = 0.0
+            batch[i, : len(f0)] = torch.from_numpy(f0)
+    return batch
 
 
 def _pad_batch(mels: list[np.ndarray], features: FeatureConfig) -> tuple[Tensor, list[int]]:

@@ -425,15 +425,15 @@ class OutputScale(Flow):
         super().__init__()
         self.log_scale = nn.Parameter(torch.tensor(float(init_log_scale)))
 
+    def _scale(self, inputs: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = (log_scale * inputs[0].numel()).expand(inputs.shape[0])
+        return inputs * torch.exp(log_scale), logdet
+
     def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        elements = z[0].numel()
-        logdet = (self.log_scale * elements).expand(z.shape[0])
-        return z * torch.exp(self.log_scale), logdet
+        return self._scale(z, self.log_scale)
 
     def inverse(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        elements = x[0].numel()
-        logdet = (-self.log_scale * elements).expand(x.shape[0])
-        return x * torch.exp(-self.log_scale), logdet
+        return self._scale(x, -self.log_scale)
 
 
 class HarmonicShift(Flow):

@@ -42,7 +42,7 @@ from wavflow.flows.layers import (
     Squeeze,
     fold,
 )
-from wavflow.nn.conditioning import F0Predictor, harmonic_excitation
+from wavflow.nn.conditioning import F0Predictor, broadcast_speaker, required_excitation
 from wavflow.nn.conv import ZeroConv1d, add_weight_norm
 
 
@@ -126,14 +126,9 @@ class FrameRateConditioner(nn.Module):
             cond = feats.repeat_interleave(self.repeats, dim=-1)  # (B, M, F) -> (B, M, F * r)
         parts = [cond]
         if self.speaker is not None:
-            if speaker is None:
-                raise ValueError("this model was trained with speakers: pass a speaker id per item")
-            embedding = self.speaker(speaker)[:, :, None]  # (B, E) -> (B, E, 1)
-            parts.append(embedding.expand(-1, -1, cond.shape[-1]))
+            parts.append(broadcast_speaker(self.speaker, speaker, cond.shape[-1]))
         if self.n_harmonics:
-            if f0 is None:
-                raise ValueError("this model is conditioned on pitch: pass F0 (B, frames) in Hz")
-            excitation = harmonic_excitation(
+            excitation = required_excitation(
                 f0, self.hop_length, self.sample_rate, self.n_harmonics, phase
             )  # (B, 2K, T)
             parts.append(fold(excitation.to(feats.dtype), self.fold))  # -> (B, 2K * G, T / G)
@@ -253,6 +248,19 @@ def gated_tanh(filt: Tensor, gate: Tensor) -> Tensor:
     return doubled.mul_(2).sub_(1).mul_(torch.sigmoid(gate))
 
 
+def _published(fold: int, channels: int) -> dict:
+    """A published SqueezeWave size: 12 flows of 8 layers, kernel 3, 16 channels out every 2."""
+    return {
+        "n_flows": 12,
+        "fold": fold,
+        "n_layers": 8,
+        "channels": channels,
+        "kernel_size": 3,
+        "early_every": 2,
+        "early_channels": 16,
+    }
+
+
 class SqueezeWave(FlowModel):
     """SqueezeWave: WaveGlow's flows on `fold` samples per step with depthwise-separable couplings.
 
@@ -301,51 +309,11 @@ class SqueezeWave(FlowModel):
     PRESETS: ClassVar[dict[str, dict]] = {
         # tianrengao/SqueezeWave configs/config_a{fold}_c{channels}.json; "squeezewave" is
         # SqueezeWave-128L, the best-sounding of the four (MOS 4.07).
-        "squeezewave": {
-            "n_flows": 12,
-            "fold": 128,
-            "n_layers": 8,
-            "channels": 256,
-            "kernel_size": 3,
-            "early_every": 2,
-            "early_channels": 16,
-        },
-        "squeezewave_128l": {
-            "n_flows": 12,
-            "fold": 128,
-            "n_layers": 8,
-            "channels": 256,
-            "kernel_size": 3,
-            "early_every": 2,
-            "early_channels": 16,
-        },
-        "squeezewave_64l": {
-            "n_flows": 12,
-            "fold": 256,
-            "n_layers": 8,
-            "channels": 256,
-            "kernel_size": 3,
-            "early_every": 2,
-            "early_channels": 16,
-        },
-        "squeezewave_128s": {
-            "n_flows": 12,
-            "fold": 128,
-            "n_layers": 8,
-            "channels": 128,
-            "kernel_size": 3,
-            "early_every": 2,
-            "early_channels": 16,
-        },
-        "squeezewave_64s": {
-            "n_flows": 12,
-            "fold": 256,
-            "n_layers": 8,
-            "channels": 128,
-            "kernel_size": 3,
-            "early_every": 2,
-            "early_channels": 16,
-        },
+        "squeezewave": _published(fold=128, channels=256),
+        "squeezewave_128l": _published(fold=128, channels=256),
+        "squeezewave_64l": _published(fold=256, channels=256),
+        "squeezewave_128s": _published(fold=128, channels=128),
+        "squeezewave_64s": _published(fold=256, channels=128),
         # Small enough to train on a CPU (0.7 M parameters, 11 kFLOP per sample).
         "cpu": {
             "n_flows": 6,

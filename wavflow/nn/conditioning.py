@@ -126,6 +126,30 @@ def _fill_unvoiced(f0: Tensor, voiced: Tensor) -> Tensor:
     return torch.where(filled > 0, filled, torch.full_like(filled, 100.0))
 
 
+def broadcast_speaker(embedding: nn.Embedding, speaker: Tensor | None, length: int) -> Tensor:
+    """Speaker ids (B,) -> their embeddings repeated over time, (B, E, length).
+
+    Raises:
+        ValueError: no ids for a model trained with speakers.
+    """
+    if speaker is None:
+        raise ValueError("this model was trained with speakers: pass a speaker id per item")
+    return embedding(speaker)[:, :, None].expand(-1, -1, length)  # (B, E) -> (B, E, length)
+
+
+def required_excitation(
+    f0: Tensor | None, hop_length: int, sample_rate: int, n_harmonics: int, phase: Tensor | None
+) -> Tensor:
+    """`harmonic_excitation` for a pitch-conditioned model, (B, 2K, F * hop).
+
+    Raises:
+        ValueError: no F0 given.
+    """
+    if f0 is None:
+        raise ValueError("this model is conditioned on pitch: pass F0 (B, frames) in Hz")
+    return harmonic_excitation(f0, hop_length, sample_rate, n_harmonics, phase)
+
+
 class F0Predictor(nn.Module):
     """A small frame-rate network that predicts F0 and voicing from mels, for synthesis from
     mel arrays that come without F0. Trained beside the model it belongs to (`loss`).
@@ -206,17 +230,11 @@ class Conditioner(nn.Module):
         `phase` (B, F * hop): the excitation's phase when this is a chunk of a longer input.
         """
         parts = [self.upsampler(feats)]
-        length = parts[0].shape[-1]
         if self.speaker is not None:
-            if speaker is None:
-                raise ValueError("this model was trained with speakers: pass a speaker id per item")
-            embedding = self.speaker(speaker)[:, :, None]  # (B, E) -> (B, E, 1)
-            parts.append(embedding.expand(-1, -1, length))
+            parts.append(broadcast_speaker(self.speaker, speaker, parts[0].shape[-1]))
         if self.n_harmonics:
-            if f0 is None:
-                raise ValueError("this model is conditioned on pitch: pass F0 (B, frames) in Hz")
             hop = self.upsampler.hop_length
-            excitation = harmonic_excitation(f0, hop, self.sample_rate, self.n_harmonics, phase)
+            excitation = required_excitation(f0, hop, self.sample_rate, self.n_harmonics, phase)
             parts.append(excitation.to(feats.dtype))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
