@@ -139,12 +139,27 @@ class LogisticMixtureOutput:
         Temperature scales the logistic's scale; 0 gives the chosen component's mean.
         """
         logits, means, log_scales = self.split(params)
-        u_choice, u_draw = noise.split([self.n_mixtures, 1], dim=1)
-        choice = (logits - torch.log(-torch.log(u_choice))).argmax(dim=1, keepdim=True)
+        minus_gumbel, logistic = self.noise_terms(noise).split([self.n_mixtures, 1], dim=1)
+        choice = (logits - minus_gumbel).argmax(dim=1, keepdim=True)
         mean = means.gather(1, choice)
         scale = torch.exp(log_scales.gather(1, choice))
-        logistic = torch.log(u_draw) - torch.log1p(-u_draw)
         return (mean + temperature * scale * logistic).clamp(-1.0, 1.0)
+
+    def noise_terms(self, noise: Tensor) -> Tensor:
+        """Uniform noise (B, K + 1, T) -> [log(-log u) (B, K, T): minus Gumbel noise for the
+        component choice; log(u) - log(1 - u) (B, 1, T): a standard logistic draw]."""
+        u_choice, u_draw = noise.split([self.n_mixtures, 1], dim=1)
+        logistic = torch.log(u_draw) - torch.log1p(-u_draw)
+        return torch.cat([torch.log(-torch.log(u_choice)), logistic], dim=1)
+
+
+def shift_by_excitation(
+    head: GaussianOutput | LogisticMixtureOutput, stack_out: Tensor, excitation: Tensor
+) -> Tensor:
+    """Head parameters (B, P, T) from a stack output (B, P + E, T) whose last E channels are
+    amplitudes a_e: the location moves by sum_e a_e(t) excitation_e(t), excitation (B, E, T)."""
+    params, amplitudes = stack_out.split([head.n_params, excitation.shape[1]], dim=1)
+    return head.shift_location(params, (amplitudes * excitation).sum(dim=1, keepdim=True))
 
 
 def build_output(

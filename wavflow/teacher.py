@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wavflow.distributions import build_output
+from wavflow.distributions import build_output, shift_by_excitation
 from wavflow.nn.conditioning import Conditioner
 from wavflow.nn.wavenet import WaveNetStack
 
@@ -100,9 +100,7 @@ class WaveNet(nn.Module):
         excitation = self.conditioner.excitation(cond)
         if excitation is None:
             return stack_out
-        params, amplitudes = stack_out.split([self.head.n_params, excitation.shape[1]], dim=1)
-        harmonic = (amplitudes * excitation).sum(dim=1, keepdim=True)
-        return self.head.shift_location(params, harmonic)
+        return shift_by_excitation(self.head, stack_out, excitation)
 
     def log_prob_per_step(self, x: Tensor, cond: Tensor) -> Tensor:
         """log p(x_t | x_<t, cond) in nats for every t, one parallel pass: (B, T)."""

@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from wavflow.distributions import GaussianOutput, LogisticMixtureOutput
+from wavflow.distributions import GaussianOutput, LogisticMixtureOutput, shift_by_excitation
 from wavflow.nn.wavenet import WaveNetStack
 
 BACKENDS = ("auto", "cpp", "eager")
@@ -222,7 +222,7 @@ struct Net {
 };
 struct Head { int64_t kind, n_mixtures; float log_scale_min, temperature; };
 struct Job {
-  int64_t batch, length, groups, threads_per_group, params_real, chunk_floats;
+  int64_t length, groups, threads_per_group, params_real, chunk_floats;
   int64_t solo_from;           // tests: drop to one thread per group at this step (-1: never)
   int64_t n_excitation;        // E: stack outputs past P_real are amplitudes of the excitation
   const int64_t* lengths;      // (B,) within a group sorted by length, descending
@@ -691,7 +691,7 @@ class _Head(ctypes.Structure):
 
 class _Job(ctypes.Structure):
     _fields_ = _fields(
-        "batch length groups threads_per_group params_real chunk_floats solo_from n_excitation",
+        "length groups threads_per_group params_real chunk_floats solo_from n_excitation",
         "lengths group_start cond noise x params_out excitation timers",
     )
 
@@ -1050,7 +1050,7 @@ class IncrementalWaveNet:
         """The step loop in PyTorch ops; rows sorted by length, descending. -> (B, T), (B, P, T)."""
         w = self._eager_weights(inputs.cond.device)
         n_layers, _, _, gates, _, _ = self.folded.sizes
-        batch, _, length = inputs.cond.shape
+        batch = inputs.cond.shape[0]
         cond, lengths, temperature = (
             inputs.cond[:, : w["cond"].shape[0]],
             inputs.lengths,
@@ -1151,16 +1151,9 @@ class IncrementalWaveNet:
         n_params, noise, temperature = head.n_params, inputs.noise, inputs.temperature
         # (B, C, T) -> (B, T, C)
         cond = inputs.cond[:, : net.cond].transpose(1, 2).contiguous()
-        excitation = inputs.excitation
-        if excitation is not None:
-            excitation = excitation.to(torch.float32).contiguous()
+        excitation = inputs.excitation  # float32 and contiguous: `generate` made it so
         if isinstance(head, LogisticMixtureOutput):
-            # The kernel takes the noise as log(-log(u)) for the Gumbel-max choice and the
-            # logistic draw log(u) - log(1 - u), computed here exactly as `head.sample` does.
-            choice, draw = noise.split([head.n_mixtures, 1], dim=1)
-            noise = torch.cat(
-                [torch.log(-torch.log(choice)), torch.log(draw) - torch.log1p(-draw)], 1
-            )
+            noise = head.noise_terms(noise)  # the kernel takes them as `head.sample` uses them
             head_args = (1, head.n_mixtures)
         else:
             head_args = (0, 1)
@@ -1169,9 +1162,8 @@ class IncrementalWaveNet:
         x = torch.zeros(batch, length + net.input_kernel)
         params = torch.zeros(batch, n_params, length) if inputs.return_params else None
         starts = torch.tensor([0, *torch.tensor(group_sizes).cumsum(0).tolist()])
-        lengths = inputs.lengths.contiguous()
+        lengths = inputs.lengths  # lengths[order]: contiguous
         job = _Job(
-            batch=batch,
             length=length,
             groups=len(group_sizes),
             threads_per_group=max(1, threads_per_group),
@@ -1306,10 +1298,9 @@ class _EagerState:
         """Head params (B, P) with the location moved by sum_e amplitude_e(t) excitation_e(t)."""
         outputs = self.outputs[:active]
         torch.addmm(self.w["out_bias"], self.hidden_view, self.w["out"], out=outputs)
-        amplitudes = outputs[:, self.n_params :]
-        shift = (amplitudes * self.excitation[t, :active]).sum(dim=1, keepdim=True)
-        # (B, P) -> (B, P, 1) and back: the head works on (B, channels, T)
-        return head.shift_location(outputs[:, : self.n_params, None], shift[:, :, None])[..., 0]
+        # (B, P + E) -> (B, P + E, 1) and back: the head works on (B, channels, T)
+        excitation = self.excitation[t, :active, :, None]
+        return shift_by_excitation(head, outputs[..., None], excitation)[..., 0]
 
     def result(self) -> tuple[Tensor, Tensor | None]:
         """Samples (B, T) and, if kept, params (T, B, P) -> (B, P, T)."""
