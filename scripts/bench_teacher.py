@@ -19,14 +19,18 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import asdict
 
 import torch
 
+from wavflow.benchmark import BENCH_FEATURES
+from wavflow.benchmark import DTYPES as BENCH_DTYPES
+from wavflow.config import TeacherConfig
 from wavflow.nn.incremental import IncrementalWaveNet, kernel_cache_dir, kernel_error
 from wavflow.teacher import WaveNet
 
-SAMPLE_RATE = 22050
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+SAMPLE_RATE = BENCH_FEATURES.sample_rate
+DTYPES = {**BENCH_DTYPES, "fp64": torch.float64}
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,28 +68,21 @@ def cpu_name() -> str:
 def build_teacher(seed: int) -> WaveNet:
     """Random weights at the benchmark size; default init (no training needed for timing)."""
     torch.manual_seed(seed)
-    return WaveNet(
-        n_mels=80,
-        hop_length=256,
-        n_layers=24,
-        n_cycles=4,
-        kernel_size=3,
-        residual_channels=128,
-        gate_channels=256,
-        skip_channels=128,
-        output="mol",
-        n_mixtures=10,
-    ).eval()
+    sizes = asdict(TeacherConfig())  # the paper size, as `wavflow bench`
+    return WaveNet(BENCH_FEATURES.n_mels, BENCH_FEATURES.hop_length, **sizes).eval()
 
 
-def make_cond(teacher: WaveNet, batch: int, length: int, seed: int) -> torch.Tensor:
-    """The same conditioning for every item: (B, C, T)."""
+def make_inputs(
+    teacher: WaveNet, batch: int, length: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same conditioning for every item, (B, C, T), and the head's noise for T samples."""
     generator = torch.Generator().manual_seed(seed)
-    frames = math.ceil(length / 256)
-    feats = torch.randn(1, 80, frames, generator=generator)
+    frames = math.ceil(length / BENCH_FEATURES.hop_length)
+    feats = torch.randn(1, BENCH_FEATURES.n_mels, frames, generator=generator)
     with torch.no_grad():
         cond = teacher.condition(feats)[:, :, :length]
-    return cond.expand(batch, -1, -1).contiguous()
+    noise = teacher.head.draw_noise(batch, length, torch.Generator().manual_seed(seed))
+    return cond.expand(batch, -1, -1).contiguous(), noise
 
 
 def time_runs(run, repeats: int) -> list[float]:
@@ -113,8 +110,7 @@ def summarise(times: list[float], batch: int, length: int) -> dict:
 
 def bench_cached(teacher, dtype, backend, batch, length, repeats, seed) -> dict:
     model = IncrementalWaveNet(teacher.stack, dtype=dtype, backend=backend)
-    cond = make_cond(teacher, batch, length, seed)
-    noise = teacher.head.draw_noise(batch, length, torch.Generator().manual_seed(seed))
+    cond, noise = make_inputs(teacher, batch, length, seed)
     warm = min(length, 2048)
     model.generate(cond[:, :, :warm], teacher.head, noise[:, :, :warm])  # builds the kernel too
     times = time_runs(lambda: model.generate(cond, teacher.head, noise), repeats)
@@ -123,8 +119,7 @@ def bench_cached(teacher, dtype, backend, batch, length, repeats, seed) -> dict:
 
 
 def bench_naive(teacher, batch, length, seed) -> dict:
-    cond = make_cond(teacher, batch, length, seed)
-    noise = teacher.head.draw_noise(batch, length, torch.Generator().manual_seed(seed))
+    cond, noise = make_inputs(teacher, batch, length, seed)
     teacher.generate(cond[:, :, :8], method="naive", noise=noise[:, :, :8])
     times = time_runs(lambda: teacher.generate(cond, method="naive", noise=noise), 1)
     return summarise(times, batch, length)
@@ -133,8 +128,7 @@ def bench_naive(teacher, batch, length, seed) -> dict:
 def params_check(teacher, dtype, backend, length, seed) -> dict:
     """Cached params (given dtype) against the fp32 teacher-forced pass on the same samples."""
     model = IncrementalWaveNet(teacher.stack, dtype=dtype, backend=backend)
-    cond = make_cond(teacher, 1, length, seed)
-    noise = teacher.head.draw_noise(1, length, torch.Generator().manual_seed(seed))
+    cond, noise = make_inputs(teacher, 1, length, seed)
     x, params = model.generate(cond, teacher.head, noise, return_params=True)
     with torch.no_grad():
         reference = teacher(x, cond)
@@ -151,8 +145,7 @@ def params_check(teacher, dtype, backend, length, seed) -> dict:
 def profile_eager(teacher, length, seed) -> str:
     """Top ops of the eager cached step (batch 1, fp32), from torch.profiler."""
     model = IncrementalWaveNet(teacher.stack, backend="eager")
-    cond = make_cond(teacher, 1, length, seed)
-    noise = teacher.head.draw_noise(1, length, torch.Generator().manual_seed(seed))
+    cond, noise = make_inputs(teacher, 1, length, seed)
     model.generate(cond, teacher.head, noise)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         model.generate(cond, teacher.head, noise)
@@ -162,8 +155,7 @@ def profile_eager(teacher, length, seed) -> str:
 def profile_kernel(teacher, dtype, batch, length, seed) -> dict[str, float]:
     """Microseconds per step in each section of the C++ kernel's step (first thread)."""
     model = IncrementalWaveNet(teacher.stack, dtype=dtype, backend="cpp")
-    cond = make_cond(teacher, batch, length, seed)
-    noise = teacher.head.draw_noise(batch, length, torch.Generator().manual_seed(seed))
+    cond, noise = make_inputs(teacher, batch, length, seed)
     model.generate(cond[:, :, :256], teacher.head, noise[:, :, :256])
     seconds = model.profile_kernel(cond, teacher.head, noise)
     return {name: 1e6 * value / length for name, value in seconds.items()}
