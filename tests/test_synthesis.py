@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,6 +113,29 @@ def test_synthesize_audio_and_mels_reporting_bad_inputs(
     written = sf.read(tmp_path / "out" / "sub" / "mel.wav")[0]
     assert len(written) == 6 * 64 and np.abs(written).max() > 0
     assert len(sf.read(tmp_path / "out" / "clip.wav")[0]) == 640 // 64 * 64
+
+
+def test_pitch_student_reads_f0_files_beside_mels_and_predicts_the_rest(tmp_path):
+    from wavflow.synthesis import synthesize_files
+
+    _, _, checkpoint = _student("squeezewave_pitch", tmp_path)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    mel = np.random.default_rng(0).normal(-4, 1, (20, 8)).astype(np.float32)
+    for name, f0 in [("high", 220.0), ("high_again", 220.0), ("low", 110.0), ("bare", None)]:
+        np.save(inputs / f"{name}.npy", mel)
+        if f0 is not None:
+            np.save(inputs / f"{name}.f0.npy", np.full(8, f0, np.float32))
+    np.save(inputs / "broken.npy", mel)
+    np.save(inputs / "broken.f0.npy", np.full(5, 100.0, np.float32))
+    options = SynthesisOptions(temperature=0.0, progress=False)  # the mean path: no noise
+    report = synthesize_files(checkpoint, [inputs], tmp_path / "out", options)
+    assert [Path(path).name for path, _ in report.failed] == ["broken.npy"]
+    assert "broken.f0.npy" in report.failed[0][1] and "(8,)" in report.failed[0][1]
+    out = {p.stem: sf.read(p)[0] for p in (tmp_path / "out").glob("*.wav")}
+    assert sorted(out) == ["bare", "high", "high_again", "low"]
+    assert np.array_equal(out["high"], out["high_again"])
+    assert not np.allclose(out["high"], out["low"])  # the F0 file is what changed
 
 
 def test_teacher_batches_of_different_lengths_match_single_items(teacher_checkpoint, tiny_recipe):

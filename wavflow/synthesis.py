@@ -59,12 +59,14 @@ class SynthesisReport:
 
 
 def collect_inputs(inputs: list[Path]) -> list[tuple[Path, Path]]:
-    """(file, name relative to its input root) for every audio or .npy file in `inputs`."""
+    """(file, name relative to its input root) for every audio or .npy file in `inputs`, but
+    the `<name>.f0.npy` F0 files that go with mel arrays (`features_of` reads those)."""
     found = []
     for item in inputs:
         if item.is_dir():
             for path in sorted(item.rglob("*")):
-                if path.suffix.lower() in (*AUDIO_SUFFIXES, ".npy"):
+                is_f0 = path.name.lower().endswith(".f0.npy")
+                if path.suffix.lower() in (*AUDIO_SUFFIXES, ".npy") and not is_f0:
                     found.append((path, path.relative_to(item)))
         else:
             found.append((item, Path(item.name)))
@@ -273,7 +275,7 @@ def _batch_f0(f0s: list[np.ndarray | None], feats: Tensor, model: nn.Module) -> 
     if not has_pitch(model):
         return None
     if any(f0 is None for f0 in f0s):
-        batch = predict_f0(model, feats)
+        batch = predict_f0(model, feats).clone()  # an inference tensor: clone to edit it
     else:
         batch = torch.zeros(feats.shape[0], feats.shape[-1])
     for i, f0 in enumerate(f0s):
