@@ -20,6 +20,7 @@ from wavflow.flows import (
     ActNorm,
     AffineCoupling,
     DepthwiseWaveNet,
+    EnvelopeScale,
     FactorOut,
     Flow,
     FloWaveNet,
@@ -95,6 +96,12 @@ LAYER_CASES = [
         z_shape=(4, 8),
         reads_cond=True,
         cond_channels=COND_CHANNELS + 2 * 4,
+    ),
+    Case(  # the log-level is the last cond channel, broadcast over z's channels
+        "envelope_scale",
+        lambda: EnvelopeScale(-1, init_offset=0.3),
+        z_shape=(2, 8),
+        reads_cond=True,
     ),
     Case("invconv", lambda: Invertible1x1Conv(4), z_shape=(4, 8)),
     Case("invconv_lu", lambda: Invertible1x1Conv(4, lu=True), z_shape=(4, 8)),
@@ -177,6 +184,12 @@ STUDENT_CASES = [
         is_iaf=True,
         n_speakers=2,
     ),
+    Case(  # output scaled by the mel's level (mel-adaptive prior)
+        "student_iaf_envelope",
+        lambda: IAFStudent(N_MELS, HOP, **IAFStudent.PRESETS["tiny"], envelope=True),
+        reads_cond=True,
+        is_iaf=True,
+    ),
     Case(
         "student_waveglow",
         lambda: WaveGlow(N_MELS, HOP, lu=True, **WaveGlow.PRESETS["tiny"]),
@@ -210,6 +223,14 @@ STUDENT_CASES = [
         "student_squeezewave_quiet",
         lambda: SqueezeWave(N_MELS, HOP, **SqueezeWave.PRESETS["tiny"], init_log_scale=-0.5),
         reads_cond=True,
+    ),
+    Case(  # folded output scaled by the mel's level (mel-adaptive prior)
+        "student_squeezewave_envelope",
+        lambda: SqueezeWave(
+            N_MELS, HOP, 2, **SqueezeWave.PRESETS["tiny"], envelope=True, envelope_offset=-1.0
+        ),
+        reads_cond=True,
+        n_speakers=2,
     ),
     Case(  # fold = hop: one frame per step; an early output after every flow
         "student_squeezewave_fold_hop",

@@ -18,6 +18,7 @@ from wavflow.flows.iaf import IAFFlow, IAFStudent
 from wavflow.flows.layers import (
     ActNorm,
     AffineCoupling,
+    EnvelopeScale,
     FactorOut,
     HarmonicShift,
     Invertible1x1Conv,
@@ -80,6 +81,7 @@ __all__ = [
     "ActNorm",
     "AffineCoupling",
     "DepthwiseWaveNet",
+    "EnvelopeScale",
     "FactorOut",
     "FloWaveNet",
     "Flow",

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from wavflow.flows.base import Flow, FlowModel, SequentialFlow, make_base
-from wavflow.flows.layers import LOG_SCALE_BOUND, soft_clamp
+from wavflow.flows.layers import LOG_SCALE_BOUND, EnvelopeScale, soft_clamp
 from wavflow.nn.conditioning import Conditioner
 from wavflow.nn.conv import add_weight_norm
 from wavflow.nn.wavenet import WaveNetStack
@@ -162,6 +162,9 @@ class IAFStudent(FlowModel):
         sample_rate: audio rate in Hz (for the excitation).
         init_log_scale: initial log-scale of the first step (0: every step the identity; about
             log(0.05) = -3 starts a distilled student near the scale of speech).
+        envelope: scale the output by the level the mel gives (`EnvelopeScale`, a mel-adaptive
+            prior): x = exp(e_t + c) * f(z), so the student is quiet in silences from the start.
+        envelope_offset: c at initialisation.
 
     References:
         van den Oord et al., "Parallel WaveNet", arXiv:1711.10433.
@@ -218,9 +221,11 @@ class IAFStudent(FlowModel):
         n_harmonics: int = 0,
         sample_rate: int = 22050,
         init_log_scale: float = 0.0,
+        envelope: bool = False,
+        envelope_offset: float = -2.7,
     ) -> None:
         conditioner = Conditioner(
-            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate
+            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate, envelope
         )
         for n_layers in flow_layers:
             if n_layers > layers_per_cycle and n_layers % layers_per_cycle:
@@ -248,13 +253,25 @@ class IAFStudent(FlowModel):
             # starts in the hundreds instead of the thousands of nats per sample.
             with torch.no_grad():
                 flows[0].net.head_out.bias[1] = init_log_scale
-        super().__init__(SequentialFlow(flows), make_base(base), conditioner)
+        scale = [EnvelopeScale(conditioner.envelope_channel, envelope_offset)] if envelope else []
+        super().__init__(SequentialFlow([*flows, *scale]), make_base(base), conditioner)
+        self.n_steps = len(flows)
         add_weight_norm(self.flow)
+
+    @property
+    def steps(self) -> list[IAFFlow]:
+        """The IAF steps, in sampling order."""
+        return list(self.flow.flows[: self.n_steps])
+
+    @property
+    def envelope(self) -> EnvelopeScale | None:
+        """The mel-adaptive output scale (None: built without `envelope`)."""
+        return None if len(self.flow.flows) == self.n_steps else self.flow.flows[-1]
 
     @property
     def receptive_field(self) -> int:
         """Noise samples z_{t-R+1} .. z_t that x_t depends on."""
-        return 1 + sum(flow.receptive_field for flow in self.flow.flows)
+        return 1 + sum(flow.receptive_field for flow in self.steps)
 
     def forward_with_stats(self, z: Tensor, cond: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x = f(z) with its per-sample location and log-scale, in one parallel pass.
@@ -271,12 +288,17 @@ class IAFStudent(FlowModel):
             x, loc, log_scale, each (B, 1, T); loc and log_scale at t depend on z_<t only.
         """
         x, loc, log_scale = z, torch.zeros_like(z), torch.zeros_like(z)
-        for flow in self.flow.flows:
+        for flow in self.steps:
             mu, step_log_scale = flow.shift_and_log_scale(x, cond)
             scale = torch.exp(step_log_scale)
             x = x * scale + mu
             loc = loc * scale + mu
             log_scale = log_scale + step_log_scale
+        if self.envelope is not None:
+            envelope_log_scale = self.envelope.log_scale(cond)
+            scale = torch.exp(envelope_log_scale)
+            x, loc = x * scale, loc * scale
+            log_scale = log_scale + envelope_log_scale
         return x, loc, log_scale
 
     def rsample_with_stats(

@@ -436,6 +436,48 @@ class OutputScale(Flow):
         return self._scale(x, -self.log_scale)
 
 
+class EnvelopeScale(Flow):
+    """x = exp(e + c) z: the output scaled by the level the mel gives, a mel-adaptive prior.
+
+    e (B, 1, S) is channel `channel` of `cond` (`log_envelope`: the log RMS level of the audio
+    estimated from its log-mel, known before any sampling); c is one learned offset. It
+    multiplies every channel of z (B, G, S) at step s, so log|det| = G sum_s (e_s + c). Placed
+    last in the sampling direction, it makes a student's noise as loud as the mel says from
+    the first step: quiet in silences, at speech level in speech. The density stays exact,
+    since e is a function of the conditioning only.
+
+    Args:
+        channel: index of e in `cond` (negative: counted from the end).
+        init_offset: c at initialisation (about -2.7 for 1024-point slaney log-mels: see
+            `log_envelope`).
+
+    References:
+        Lee et al., "PriorGrad", arXiv:2106.06406.
+    """
+
+    def __init__(self, channel: int, init_offset: float = 0.0) -> None:
+        super().__init__()
+        self.channel = channel
+        self.offset = nn.Parameter(torch.tensor(float(init_offset)))
+
+    def log_scale(self, cond: Tensor | None) -> Tensor:
+        """(B, C, S) cond -> the log-scale e + c, (B, 1, S)."""
+        if cond is None:
+            raise ValueError("EnvelopeScale needs cond")
+        index = self.channel % cond.shape[1]
+        return cond[:, index : index + 1] + self.offset
+
+    def _scale(self, inputs: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = (log_scale.sum(dim=(1, 2)) * inputs.shape[1]).to(inputs.dtype)
+        return inputs * torch.exp(log_scale), logdet
+
+    def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._scale(z, self.log_scale(cond))
+
+    def inverse(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._scale(x, -self.log_scale(cond))
+
+
 class HarmonicShift(Flow):
     """x = z + sum_k a_k e_k on folded audio: the F0 excitation, weighted from the mel, added.
 

@@ -35,6 +35,7 @@ from wavflow.flows.base import Flow, FlowModel, Inverse, SequentialFlow, Standar
 from wavflow.flows.layers import (
     LOG_SCALE_BOUND,
     AffineCoupling,
+    EnvelopeScale,
     FactorOut,
     HarmonicShift,
     Invertible1x1Conv,
@@ -42,7 +43,12 @@ from wavflow.flows.layers import (
     Squeeze,
     fold,
 )
-from wavflow.nn.conditioning import F0Predictor, broadcast_speaker, required_excitation
+from wavflow.nn.conditioning import (
+    F0Predictor,
+    broadcast_speaker,
+    log_envelope,
+    required_excitation,
+)
 from wavflow.nn.conv import ZeroConv1d, add_weight_norm
 
 
@@ -74,6 +80,8 @@ class FrameRateConditioner(nn.Module):
         speaker_channels: embedding width.
         n_harmonics: K, harmonics of the F0 excitation (0: no pitch conditioning).
         sample_rate: audio rate in Hz (for the excitation).
+        envelope: end the frame features with the mel's log level per step (`log_envelope`
+            averaged over the step's samples), for an `EnvelopeScale`.
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class FrameRateConditioner(nn.Module):
         speaker_channels: int = 16,
         n_harmonics: int = 0,
         sample_rate: int = 22050,
+        envelope: bool = False,
     ) -> None:
         super().__init__()
         if hop_length % fold and fold % hop_length:
@@ -99,7 +108,8 @@ class FrameRateConditioner(nn.Module):
         self.n_harmonics, self.sample_rate = n_harmonics, sample_rate
         self.f0_predictor = F0Predictor(n_mels) if n_harmonics else None
         speaker_out = speaker_channels if n_speakers else 0
-        self.frame_channels = n_mels * self.frames_per_step + speaker_out
+        self.has_envelope = envelope
+        self.frame_channels = n_mels * self.frames_per_step + speaker_out + int(envelope)
         self.out_channels = self.frame_channels + 2 * n_harmonics * fold
 
     def forward(
@@ -127,6 +137,9 @@ class FrameRateConditioner(nn.Module):
         parts = [cond]
         if self.speaker is not None:
             parts.append(broadcast_speaker(self.speaker, speaker, cond.shape[-1]))
+        if self.has_envelope:
+            level = fold(log_envelope(feats, self.hop_length)[:, None], self.fold)
+            parts.append(level.mean(dim=1, keepdim=True))  # (B, G, T / G) -> (B, 1, T / G)
         if self.n_harmonics:
             excitation = required_excitation(
                 f0, self.hop_length, self.sample_rate, self.n_harmonics, phase
@@ -301,6 +314,9 @@ class SqueezeWave(FlowModel):
         n_harmonics: harmonics of the F0 excitation added to the output by a `HarmonicShift`
             (0: no pitch; not in the published model).
         sample_rate: audio rate in Hz (for the excitation).
+        envelope: scale the folded output by the level the mel gives (`EnvelopeScale`, a
+            mel-adaptive prior; before the `HarmonicShift`), so silences start quiet.
+        envelope_offset: the envelope's offset at initialisation.
 
     References:
         Zhai et al., "SqueezeWave", arXiv:2001.05685.
@@ -356,6 +372,8 @@ class SqueezeWave(FlowModel):
         init_log_scale: float = 0.0,
         n_harmonics: int = 0,
         sample_rate: int = 22050,
+        envelope: bool = False,
+        envelope_offset: float = -2.7,
     ) -> None:
         if early_every < 1:
             raise ValueError(f"early_every must be >= 1, got {early_every}")
@@ -367,7 +385,14 @@ class SqueezeWave(FlowModel):
                 "the last couplings need at least 2"
             )
         conditioner = FrameRateConditioner(
-            n_mels, hop_length, fold, n_speakers, speaker_channels, n_harmonics, sample_rate
+            n_mels,
+            hop_length,
+            fold,
+            n_speakers,
+            speaker_channels,
+            n_harmonics,
+            sample_rate,
+            envelope,
         )
         frame_channels = conditioner.frame_channels
         # Built from the last flow (x -> z numbering) to the first, i.e. in z -> x order; the
@@ -393,6 +418,8 @@ class SqueezeWave(FlowModel):
                 layers = [FactorOut(SequentialFlow(layers), early_channels, factored_first=True)]
         # z (B, 1, T) -> (B, fold, T // fold) -> flows -> x (B, 1, T); cond is already at
         # T // fold steps, so the folds leave it alone.
+        if envelope:  # the level channel ends the frame features
+            layers.append(EnvelopeScale(frame_channels - 1, envelope_offset))
         if n_harmonics:
             layers.append(HarmonicShift(fold, frame_channels, 2 * n_harmonics))
         output_scale = [OutputScale(init_log_scale)] if init_log_scale else []
