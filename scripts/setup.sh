@@ -37,6 +37,13 @@ fi
 if ! "$venv/bin/python" -c "import wavflow, pytest, ruff" 2>/dev/null \
   || [ "$root/pyproject.toml" -nt "$venv/.wavflow-installed" ]; then
   echo "setup: installing wavflow and its dependencies" >&2
+  # pesq and pysptk are built from source when they are not installed yet.
+  if ! "$venv/bin/python" -c "import pesq, pysptk" 2>/dev/null \
+    && ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
+    echo "setup: no C compiler found: pesq and pysptk are built from source; install one and" \
+      "the Python headers first (Debian/Ubuntu: apt-get install build-essential python3-dev)" >&2
+    exit 1
+  fi
   "${pip[@]}" -e "$root[dev]"
   touch "$venv/.wavflow-installed"
 fi
