@@ -74,3 +74,12 @@ def test_shipped_recipes_build_their_models(path):
     build_teacher(recipe)
     if recipe.student.sizes():
         build_student(recipe)
+
+
+def test_student_recipe_takes_the_student_budget() -> None:
+    from wavflow.config import Recipe, TrainConfig, student_recipe
+
+    recipe = Recipe(train=TrainConfig(steps=3000, student_steps=1200))
+    student = student_recipe(recipe, "squeezewave")
+    assert (student.train.steps, student.student.kind) == (1200, "squeezewave")
+    assert student_recipe(Recipe(train=TrainConfig(steps=50))).train.steps == 50

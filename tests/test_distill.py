@@ -165,3 +165,32 @@ def test_spectral_losses_are_zero_only_for_matching_audio():
     assert float(multi_resolution_stft_loss(0.5 * real, real, resolutions)) > 0.3
     assert float(power_loss(real, real, 256, 64, 256)) < 1e-10
     assert float(power_loss(0.5 * real, real, 256, 64, 256)) > 0.5
+
+
+def test_mel_loss_is_zero_for_real_audio_and_grows_with_a_level_change() -> None:
+    from wavflow.config import FeatureConfig
+    from wavflow.distill import mel_loss
+
+    features = FeatureConfig(
+        sample_rate=8000, n_fft=256, hop_length=64, win_length=256, n_mels=16, fmax=4000.0
+    )
+    # White noise: every band well above the log floor.
+    real = 0.3 * torch.randn(1, 1, 4096, generator=torch.Generator().manual_seed(0))
+    assert float(mel_loss(real, real, features)) == 0.0
+    # Twice as loud: every band's log-mel moves by log 2.
+    assert float(mel_loss(2 * real, real, features)) == pytest.approx(math.log(2), rel=0.05)
+
+
+def test_mel_loss_reaches_the_student_and_needs_features() -> None:
+    from wavflow.config import FeatureConfig
+
+    cfg = DistillConfig(weights={"kl": 1.0, "mel": 1.0})
+    with pytest.raises(ValueError, match="mel"):
+        DistillLoss(identity_student(), constant_teacher(), cfg)
+    features = FeatureConfig(
+        sample_rate=8000, n_fft=64, hop_length=4, win_length=64, n_mels=8, fmax=4000.0
+    )
+    student = identity_student()
+    losses = DistillLoss(student, constant_teacher(), cfg, features)(_batch(length=256))
+    losses["mel"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())

@@ -205,7 +205,10 @@ class TrainConfig:
         max_bad_steps: consecutive NaN/inf losses tolerated before training stops.
         seed: seed of initialisation, crops and noise.
         device: "auto", "cpu" or "cuda[:N]".
-        max_seconds: stop after this much wall time (0: no limit); a checkpoint is written.
+        max_seconds: a safety stop after this much wall time (0: none); a checkpoint is
+            written. Budgets are `steps`, so that results do not depend on the machine's load.
+        student_steps: optimiser steps of a student trained with this recipe (0: `steps`),
+            so that one recipe gives the teacher and its students their own budgets.
     """
 
     steps: int = 100_000
@@ -225,12 +228,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_seconds: float = 0.0
+    student_steps: int = 0
 
     def __post_init__(self) -> None:
         _require(
             "train",
             [
                 (self.steps > 0 and self.batch_size > 0, "steps and batch_size must be positive"),
+                (self.student_steps >= 0, "student_steps must be >= 0 (0: use steps)"),
                 (self.lr > 0, "lr must be positive"),
                 (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
                 (self.keep_last >= 1, "keep_last must be >= 1"),
@@ -239,7 +244,7 @@ class TrainConfig:
 
 
 KL_ESTIMATORS = ("auto", "closed_form", "per_step", "sample")
-LOSS_NAMES = ("kl", "stft", "power", "contrastive", "log_scale")
+LOSS_NAMES = ("kl", "stft", "mel", "power", "contrastive", "log_scale")
 
 
 @dataclass(frozen=True)
@@ -294,6 +299,15 @@ class Recipe:
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+def student_recipe(recipe: Recipe, kind: str | None = None) -> Recipe:
+    """The recipe a student trains with: `[student] kind` set to `kind` (when given) and
+    `train.steps` replaced by `train.student_steps` (when set)."""
+    student = dataclasses.replace(recipe.student, kind=kind or recipe.student.kind)
+    steps = recipe.train.student_steps or recipe.train.steps
+    train = dataclasses.replace(recipe.train, steps=steps)
+    return dataclasses.replace(recipe, student=student, train=train)
 
 
 def _require(section: str, checks: list[tuple[bool, str]]) -> None:

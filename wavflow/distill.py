@@ -17,6 +17,9 @@
 - "log_scale": ClariNet's regulariser (log s_q - log s_p)^2 (Gaussian/Gaussian only).
 - "stft": multi-resolution STFT loss against the real audio: spectral convergence plus L1
   log-magnitude per resolution, averaged.
+- "mel": HiFi-GAN's mel loss, mean |log-mel(x) - log-mel(real)| with the recipe's own
+  feature settings (nats): the spectrum the student is conditioned on, and on which the
+  silence floor and log-mel distance are measured.
 - "power": Parallel WaveNet's power loss, on log average power per frequency (scale-free).
 - "contrastive": minus the KL against the teacher conditioned on another utterance's mel
   (the batch rolled by one), so the student is pushed to use its conditioning.
@@ -25,6 +28,7 @@ References:
     van den Oord et al., "Parallel WaveNet", arXiv:1711.10433.
     Ping et al., "ClariNet", arXiv:1807.07281.
     Yamamoto et al., "Parallel WaveGAN", arXiv:1910.11480 (multi-resolution STFT loss).
+    Kong et al., "HiFi-GAN", arXiv:2010.05646 (mel L1 loss).
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from wavflow.audio import stft_magnitude
-from wavflow.config import DistillConfig
+from wavflow.audio import log_mel, stft_magnitude
+from wavflow.config import DistillConfig, FeatureConfig
 from wavflow.distributions import GaussianOutput
 from wavflow.teacher import WaveNet
 
@@ -90,6 +94,11 @@ def multi_resolution_stft_loss(fake: Tensor, real: Tensor, resolutions: list[lis
     return total / len(resolutions)
 
 
+def mel_loss(fake: Tensor, real: Tensor, features: FeatureConfig) -> Tensor:
+    """Mean |log-mel(fake) - log-mel(real)| in nats over bands and frames (HiFi-GAN's term)."""
+    return (log_mel(fake, features) - log_mel(real, features)).abs().mean()
+
+
 def power_loss(fake: Tensor, real: Tensor, n_fft: int, hop: int, win: int) -> Tensor:
     """Squared difference of log average power per frequency bin (averaged over frames)."""
     fake_power = stft_magnitude(fake, n_fft, hop, win).square().mean(dim=-1)
@@ -104,11 +113,21 @@ class DistillLoss(nn.Module):
         student: a `FlowModel` (IAF students also offer `rsample_with_stats`).
         teacher: a trained `WaveNet`; frozen here (no gradients, eval mode).
         cfg: the `[distill]` settings.
+        features: the mel settings, which the "mel" loss needs.
     """
 
-    def __init__(self, student: nn.Module, teacher: WaveNet, cfg: DistillConfig) -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: WaveNet,
+        cfg: DistillConfig,
+        features: FeatureConfig | None = None,
+    ) -> None:
         super().__init__()
+        if cfg.weights.get("mel", 0) and features is None:
+            raise ValueError("the distill 'mel' loss needs the feature settings")
         self.student, self.teacher, self.cfg = student, teacher.eval(), cfg
+        self.features = features
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
         self.estimator = choose_estimator(student, teacher, cfg.kl_estimator)
@@ -129,6 +148,8 @@ class DistillLoss(nn.Module):
         losses, x, mean_log_q = self._kl_terms(student_cond, teacher_cond)
         if weights.get("stft", 0):
             losses["stft"] = multi_resolution_stft_loss(x, real, self.cfg.stft_resolutions)
+        if weights.get("mel", 0):
+            losses["mel"] = mel_loss(x, real, self.features)
         if weights.get("power", 0):
             losses["power"] = power_loss(x, real, *self.cfg.stft_resolutions[0])
         if weights.get("contrastive", 0) and x.shape[0] > 1:
