@@ -7,6 +7,7 @@ import json
 import pytest
 
 from wavflow.demo import run_demo
+from wavflow.evaluation import REAL
 
 TINY = [
     "data.corpus_minutes=0.4",
@@ -33,13 +34,17 @@ TINY = [
 def test_demo_end_to_end(tmp_path, capsys):
     report = run_demo(tmp_path, overrides=TINY, progress=False, student_seconds=3.0, bench=False)
     printed = capsys.readouterr().out
-    assert set(report["metrics"]) == {"teacher", "iaf", "squeezewave"}
-    assert "wavflow demo report" in printed and "| iaf |" in printed
+    rows = report["evaluation"]["rows"]
+    assert list(rows) == [REAL, "Griffin-Lim (32 iterations)", "teacher", "iaf", "squeezewave"]
+    assert rows[REAL]["mean"]["pesq_wb"] > 4.6 and rows["iaf"]["mean"]["pesq_wb"] >= 1.0
+    assert "wavflow demo report" in printed and "| iaf |" in printed and f"| {REAL} |" in printed
+    assert "| Griffin-Lim (32 iterations) |" in (tmp_path / "report.md").read_text()
     counts = {
         len(list((tmp_path / "samples" / name).glob("*.wav")))
         for name in ("real", "teacher", "iaf", "squeezewave")
     }
     assert len(counts) == 1 and counts.pop() >= 1
-    assert json.loads((tmp_path / "report.json").read_text())["metrics"]["iaf"]["kind"] == "student"
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["evaluation"]["rows"]["iaf"]["kind"] == "student"
     again = run_demo(tmp_path, overrides=TINY, progress=False, student_seconds=3.0, bench=False)
     assert again["seconds"]["teacher"] < 5, "a finished stage must not train again"

@@ -24,14 +24,18 @@ from wavflow.checkpoint import build_student, build_teacher, load_teacher, speak
 from wavflow.config import Recipe, load_recipe
 from wavflow.corpus import write_corpus
 from wavflow.data import PreparedData, prepare_dataset
-from wavflow.evaluation import evaluate_checkpoint, validation_clips
+from wavflow.evaluation import EvaluationOptions, density_table, evaluate, quality_table
 from wavflow.synthesis import SynthesisOptions, has_pitch, vocode
 from wavflow.training import distillation_objective, likelihood_objective, train
+from wavflow.validation import validation_clips
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.toml"
 STUDENTS = ("iaf", "squeezewave")
 N_CLIPS = 3
 CLIP_SECONDS = 1.0
+# Whole validation utterances, capped so that the evaluation stage (the teacher generates
+# sequentially) takes a minute or two on 2 CPU cores.
+EVALUATION = EvaluationOptions(max_utterances=8, max_seconds=3.0)
 
 
 def run_demo(
@@ -60,20 +64,10 @@ def run_demo(
             lambda r=student_recipe, k=kind: _train(out_dir / k, r, data_dir, progress, teacher),
         )
     report: dict[str, Any] = {}
-    report["metrics"] = _stage(
+    report["evaluation"] = _stage(
         "evaluate",
         timings,
-        lambda: {
-            name: evaluate_checkpoint(
-                path,
-                data_dir,
-                teacher,
-                n_clips=N_CLIPS,
-                seconds=CLIP_SECONDS,
-                teacher_samples=name == "teacher",  # sequential: generate them once
-            )
-            for name, path in {"teacher": teacher, **distilled}.items()
-        },
+        lambda: evaluate({"teacher": teacher, **distilled}, data_dir=data_dir, options=EVALUATION),
     )
     _stage("synthesis", timings, lambda: _write_clips(out_dir, data_dir, teacher, distilled))
     if bench:
@@ -154,31 +148,43 @@ def _write_clips(out_dir: Path, data_dir: Path, teacher: Path, students: dict[st
 
 
 def print_report(report: dict[str, Any], out_dir: Path) -> None:
-    """The metrics table, the speed table, and where the files are."""
-    print("\nwavflow demo report\n")
-    print("| model | steps | NLL (nats/sample) | KL to teacher | log-mel dB | MCD dB |")
-    print("|---|---|---|---|---|---|")
-    for name, metrics in report["metrics"].items():
-        samples = metrics.get("student_samples") or metrics.get("teacher_samples") or {}
-        kl = samples.get("kl")
-        print(
-            f"| {name} | {metrics['step']} | {metrics['nll']:.4g} | "
-            f"{'-' if kl is None else f'{kl:.3f}'} | {samples.get('log_mel_db', float('nan')):.2f} "
-            f"| {samples.get('mcd_db', float('nan')):.2f} |"
-        )
+    """Print the quality table (with its anchors), the density and speed tables, and where the
+    files are; the same text goes to `report.md`."""
+    text = report_markdown(report, out_dir)
+    (out_dir / "report.md").write_text(text)
+    print("\n" + text)
+
+
+def report_markdown(report: dict[str, Any], out_dir: Path) -> str:
+    """The demo report as markdown (see `print_report`)."""
+    evaluation = report["evaluation"]
+    parts = [
+        "# wavflow demo report",
+        f"Copy-synthesis of the held-back validation utterances ({evaluation['source']}):",
+        quality_table(evaluation),
+        "Densities in nats per sample (KL and NLL as in training; not quality figures):",
+        density_table(evaluation),
+    ]
     if "bench" in report:
-        print("\n| method | audio (s) | RTF | samples/s | x teacher-cached |")
-        print("|---|---|---|---|---|")
-        for row in report["bench"]["rows"]:
-            if row["batch"] == 1:
-                speedup = row["speedup_vs_cached"]
-                print(
-                    f"| {row['method']} | {row['seconds_of_audio']:.2f} | "
-                    f"{row['real_time_factor']:.3f} | {row['samples_per_s']:.0f} | "
-                    f"{'-' if speedup is None else f'{speedup:.1f}'} |"
-                )
-    print(
-        f"\nfiles: audio in {out_dir}/samples/<model>/, TensorBoard logs in "
+        parts.append(_speed_table(report["bench"]))
+    parts.append(
+        f"files: audio in {out_dir}/samples/<model>/, TensorBoard logs in "
         f"{out_dir}/<model>/tensorboard (tensorboard --logdir {out_dir}), benchmark in "
-        f"{out_dir}/bench/ (bench.md, bench.png), everything in {out_dir}/report.json"
+        f"{out_dir}/bench/ (bench.md, bench.png), everything in {out_dir}/report.json and "
+        f"{out_dir}/report.md"
     )
+    return "\n\n".join(parts) + "\n"
+
+
+def _speed_table(bench: dict[str, Any]) -> str:
+    """Batch-1 rows of the quick benchmark as a markdown table."""
+    lines = ["| method | audio (s) | RTF | samples/s | x teacher-cached |", "|---|---|---|---|---|"]
+    for row in bench["rows"]:
+        if row["batch"] == 1:
+            speedup = row["speedup_vs_cached"]
+            lines.append(
+                f"| {row['method']} | {row['seconds_of_audio']:.2f} | "
+                f"{row['real_time_factor']:.3f} | {row['samples_per_s']:.0f} | "
+                f"{'-' if speedup is None else f'{speedup:.1f}'} |"
+            )
+    return "\n".join(lines)

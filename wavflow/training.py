@@ -26,7 +26,7 @@ from tqdm import tqdm
 from wavflow.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from wavflow.config import FeatureConfig, Recipe, TrainConfig, dumps_toml, recipe_from_dict, to_dict
 from wavflow.data import PreparedData, SegmentDataset, StepBatchSampler
-from wavflow.evaluation import distillation_metrics, generate_audio, mel_figure
+from wavflow.validation import distillation_metrics, generate_audio, mel_figure
 
 
 class TrainingError(RuntimeError):
@@ -497,13 +497,13 @@ def distillation_objective(
     from wavflow.distill import DistillLoss
 
     def validate(model: nn.Module, batches: list[dict[str, Any]]) -> dict[str, float]:
-        rows = [distillation_metrics(model, teacher, b, recipe.features) for b in batches]
+        rows = [distillation_metrics(model, teacher, b, recipe) for b in batches]
         return _mean_dict(rows)
 
     def media(model: nn.Module, batch: dict[str, Any], writer: SummaryWriter, step: int) -> None:
         log_media(model, batch, writer, step, recipe.features)
 
-    loss = DistillLoss(student, teacher, recipe.distill)
+    loss = DistillLoss(student, teacher, recipe.distill, recipe.features)
     return Objective(
         "student",
         student,
