@@ -35,7 +35,7 @@ N_CLIPS = 3
 CLIP_SECONDS = 1.0
 # Whole validation utterances, capped so that the evaluation stage (the teacher generates
 # sequentially) takes a minute or two on 2 CPU cores.
-EVALUATION = EvaluationOptions(max_utterances=8, max_seconds=3.0)
+EVALUATION = EvaluationOptions(max_utterances=6, max_seconds=2.0)
 
 
 def run_demo(
