@@ -201,7 +201,8 @@ def _add_train_student(commands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--student",
         choices=("iaf", "waveglow", "flowavenet", "squeezewave"),
-        help="student kind (default: [student] kind of the recipe)",
+        help="student kind (default: [student] kind of the recipe); it trains for the recipe's "
+        "train.student_steps (train.steps when that is 0)",
     )
     command.add_argument(
         "--objective",
@@ -216,12 +217,11 @@ def _add_train_student(commands: argparse._SubParsersAction) -> None:
 
 def _run_train_student(args: argparse.Namespace) -> int:
     from wavflow.checkpoint import build_student, load_teacher, speaker_count
+    from wavflow.config import student_recipe
     from wavflow.data import PreparedData
     from wavflow.training import distillation_objective, likelihood_objective, train
 
-    if args.student:
-        args.overrides = [*args.overrides, f'student.kind="{args.student}"']
-    recipe = _training_recipe(args)
+    recipe = student_recipe(_training_recipe(args), args.student)
     objective_name = args.objective or ("distill" if args.teacher else "mle")
     if objective_name == "distill" and args.teacher is None:
         raise RecipeError("--objective distill needs --teacher TEACHER.pt")
