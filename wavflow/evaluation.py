@@ -123,8 +123,10 @@ def audio_utterances(
             utterance, reason = None, str(error)
         if utterance is None:
             skipped.append(_skip(str(path), reason))
-        else:
-            usable.append(utterance)
+            continue
+        if any(u.name == utterance.name for u in usable):
+            utterance.name = str(path)  # same relative name under two input folders
+        usable.append(utterance)
     return usable, skipped
 
 
