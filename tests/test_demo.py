@@ -13,6 +13,7 @@ TINY = [
     "data.corpus_minutes=0.4",
     "data.segment_length=2048",
     "train.steps=15",
+    "train.student_steps=4",
     "train.eval_every=15",
     "train.checkpoint_every=15",
     "train.batch_size=2",
@@ -32,7 +33,7 @@ TINY = [
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
-    report = run_demo(tmp_path, overrides=TINY, progress=False, student_seconds=3.0, bench=False)
+    report = run_demo(tmp_path, overrides=TINY, progress=False, bench=False)
     printed = capsys.readouterr().out
     rows = report["evaluation"]["rows"]
     assert list(rows) == [REAL, "Griffin-Lim (32 iterations)", "teacher", "iaf", "squeezewave"]
@@ -46,5 +47,5 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert len(counts) == 1 and counts.pop() >= 1
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["evaluation"]["rows"]["iaf"]["kind"] == "student"
-    again = run_demo(tmp_path, overrides=TINY, progress=False, student_seconds=3.0, bench=False)
+    again = run_demo(tmp_path, overrides=TINY, progress=False, bench=False)
     assert again["seconds"]["teacher"] < 5, "a finished stage must not train again"

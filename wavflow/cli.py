@@ -480,17 +480,13 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         description="The main job end to end on the built-in corpus: corpus -> prepare -> train "
         "the teacher -> distil the IAF and a coupling student -> evaluate -> synthesise "
         "validation clips -> quick benchmark -> report. Uses recipes/demo.toml unless --recipe "
-        "is given; an interrupted demo continues where it stopped.",
+        "is given; an interrupted demo continues where it stopped. Budgets are steps: "
+        "train.steps for the teacher, train.student_steps for each student (e.g. --set "
+        "train.student_steps=1000).",
     )
     _add_recipe_options(command, required=False)
     command.add_argument(
         "--out", type=Path, default=Path("demo"), help="output folder (default demo/)"
-    )
-    command.add_argument(
-        "--student-seconds",
-        type=float,
-        default=150.0,
-        help="training time of each distilled student (default 150 s)",
     )
     command.add_argument(
         "--students",
@@ -510,7 +506,6 @@ def _run_demo(args: argparse.Namespace) -> int:
         args.recipe,
         args.overrides,
         progress=not args.quiet,
-        student_seconds=args.student_seconds,
         bench=not args.no_bench,
         students=tuple(args.students.split(",")),
     )

@@ -3,13 +3,12 @@
 Stages, each skipped when its output is already there, so an interrupted demo continues:
 corpus -> prepare -> teacher (maximum likelihood) -> students distilled from the teacher (the
 IAF and the CPU-class SqueezeWave student by default) -> evaluation -> synthesis of a few
-validation clips -> quick benchmark -> report. The recipe's `[train]` budget applies to the
-teacher; each student gets `student_seconds` of training.
+validation clips -> quick benchmark -> report. Budgets are steps: `train.steps` for the
+teacher, `train.student_steps` for each student (`config.student_recipe`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ import torch
 from wavflow.audio import save_audio
 from wavflow.benchmark import QUICK, run_benchmark
 from wavflow.checkpoint import build_student, build_teacher, load_teacher, speaker_count
-from wavflow.config import Recipe, load_recipe
+from wavflow.config import Recipe, load_recipe, student_recipe
 from wavflow.corpus import write_corpus
 from wavflow.data import PreparedData, prepare_dataset
 from wavflow.evaluation import EvaluationOptions, density_table, evaluate, quality_table
@@ -43,7 +42,6 @@ def run_demo(
     recipe_path: Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     progress: bool = True,
-    student_seconds: float = 150.0,
     bench: bool = True,
     students: tuple[str, ...] = STUDENTS,
 ) -> dict[str, Any]:
@@ -57,11 +55,11 @@ def run_demo(
     )
     distilled = {}
     for kind in students:
-        student_recipe = _student_recipe(recipe, kind, student_seconds)
+        run, kind_recipe = out_dir / kind, student_recipe(recipe, kind)
         distilled[kind] = _stage(
             kind,
             timings,
-            lambda r=student_recipe, k=kind: _train(out_dir / k, r, data_dir, progress, teacher),
+            lambda run=run, r=kind_recipe: _train(run, r, data_dir, progress, teacher),
         )
     report: dict[str, Any] = {}
     report["evaluation"] = _stage(
@@ -94,13 +92,6 @@ def _prepare(out_dir: Path, recipe: Recipe, progress: bool) -> Path:
         write_corpus(corpus, recipe.data.corpus_minutes, recipe.features.sample_rate, seed=0)
     prepare_dataset(corpus, prepared, recipe.features, recipe.data, workers=2, progress=progress)
     return prepared
-
-
-def _student_recipe(recipe: Recipe, kind: str, seconds: float) -> Recipe:
-    """The demo recipe for distilling student `kind` within `seconds`."""
-    student = dataclasses.replace(recipe.student, kind=kind)
-    train_cfg = dataclasses.replace(recipe.train, max_seconds=seconds)
-    return dataclasses.replace(recipe, student=student, train=train_cfg)
 
 
 def _train(
