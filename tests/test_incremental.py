@@ -311,3 +311,103 @@ def test_falls_back_to_eager_without_compiler(
     assert torch.equal(x, eager)
     with pytest.raises(RuntimeError, match="unavailable"):
         IncrementalWaveNet(teacher.stack, backend="cpp").generate(cond, teacher.head, noise)
+
+
+# The envelope: the stack reads y = x exp(-l) and its parameters are mapped to x units per step.
+
+ENVELOPE_CASES = [("mol", False), ("gaussian", False), ("mol", True), ("gaussian", True)]
+
+
+def envelope_teacher(output: str, pitch: bool, dtype: torch.dtype = torch.float64) -> WaveNet:
+    pitch_sizes = {"n_harmonics": 2, "sample_rate": 16000} if pitch else {}
+    teacher = make_teacher(output, dtype, n_cycles=1, envelope=True, **pitch_sizes)
+    with torch.no_grad():
+        teacher.level_offset.fill_(-1.3)
+    return teacher
+
+
+def envelope_inputs(teacher: WaveNet, batch: int, frames: int = 10) -> dict[str, torch.Tensor]:
+    """cond (levels spread over about 4 nats, some frames unvoiced), its excitation (None
+    without pitch) and log level (B, T), and noise."""
+    generator = torch.Generator().manual_seed(4)
+    dtype = teacher.stack.input.weight.dtype
+    feats = torch.randn(batch, N_MELS, frames, generator=generator, dtype=dtype) * 2 - 2
+    f0 = None
+    if teacher.conditioner.n_harmonics:
+        f0 = torch.rand(batch, frames, generator=generator, dtype=dtype) * 200 + 100
+        f0[:, 1] = 0.0
+    cond = teacher.condition(feats, f0=f0)
+    level = teacher.log_level(cond)[:, 0]
+    assert level.std() > 0.5
+    noise = teacher.head.draw_noise(batch, cond.shape[-1], generator).to(dtype)
+    excitation = teacher.conditioner.excitation(cond)
+    return {"cond": cond, "excitation": excitation, "log_level": level, "noise": noise}
+
+
+def envelope_generate(
+    teacher: WaveNet, inputs: dict[str, torch.Tensor], backend: str, **options: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    model = IncrementalWaveNet(teacher.stack, backend=backend, **options)
+    return model.generate(
+        inputs["cond"],
+        teacher.head,
+        inputs["noise"],
+        0.9,
+        inputs.get("lengths"),
+        return_params=True,
+        excitation=inputs["excitation"],
+        log_level=inputs["log_level"],
+    )
+
+
+@pytest.mark.parametrize(("output", "pitch"), ENVELOPE_CASES)
+def test_envelope_cached_equals_naive_and_teacher_forced(output: str, pitch: bool) -> None:
+    teacher = envelope_teacher(output, pitch)
+    inputs = envelope_inputs(teacher, 3)
+    length = inputs["cond"].shape[-1]
+    inputs["lengths"] = torch.tensor([length, 17, 29])
+    alive = alive_mask(inputs["lengths"], length)
+    x, params = envelope_generate(teacher, inputs, "eager")
+    assert x.abs().max() > 0.01 and (x[~alive] == 0).all()
+    # The parallel pass of the teacher on the samples gives the params the step used.
+    torch.testing.assert_close(params, teacher(x, inputs["cond"]) * alive, rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        x, teacher.head.sample(params, inputs["noise"], 0.9) * alive, rtol=0, atol=1e-12
+    )
+    # The teacher's own paths: the naive loop, and the cached one that passes the level itself.
+    common = dict(noise=inputs["noise"], temperature=0.9, lengths=inputs["lengths"])
+    naive = teacher.generate(inputs["cond"], method="naive", **common)
+    torch.testing.assert_close(naive, x, rtol=0, atol=1e-10)
+    cached = teacher.generate(inputs["cond"], method="cached", **common)
+    torch.testing.assert_close(cached, x, rtol=0, atol=1e-10)
+    # Without the level the stack would read x instead of y: different samples.
+    plain = IncrementalWaveNet(teacher.stack).generate(
+        inputs["cond"], teacher.head, inputs["noise"], 0.9, excitation=inputs["excitation"]
+    )
+    assert (plain - x).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(("output", "pitch"), ENVELOPE_CASES)
+@pytest.mark.parametrize("batch,threads", [(1, 2), (3, 1), (3, 2)])
+def test_envelope_cpp_matches_eager(output: str, pitch: bool, batch: int, threads: int) -> None:
+    require_kernel()
+    teacher = envelope_teacher(output, pitch, torch.float32)
+    inputs = envelope_inputs(teacher, batch)
+    length = inputs["cond"].shape[-1]
+    inputs["lengths"] = torch.tensor([length, 13, 31][:batch])
+    x, params = envelope_generate(teacher, inputs, "cpp", threads=threads)
+    x_ref, params_ref = envelope_generate(teacher, inputs, "eager")
+    torch.testing.assert_close(x, x_ref, rtol=0, atol=2e-5)
+    torch.testing.assert_close(params, params_ref, rtol=0, atol=2e-5)
+    alive = alive_mask(inputs["lengths"], length)
+    assert (x[~alive] == 0).all() and x.abs().max() > 0.01
+    torch.testing.assert_close(params, teacher(x, inputs["cond"]) * alive, rtol=0, atol=2e-5)
+
+
+def test_rejects_a_misshapen_log_level() -> None:
+    teacher = envelope_teacher("mol", False)
+    inputs = envelope_inputs(teacher, 2)
+    with pytest.raises(ValueError, match="log_level"):
+        IncrementalWaveNet(teacher.stack).generate(
+            inputs["cond"], teacher.head, inputs["noise"], log_level=inputs["log_level"][:, 1:]
+        )

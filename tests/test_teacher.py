@@ -6,13 +6,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from wavflow.distributions import GaussianOutput, LogisticMixtureOutput
 from wavflow.nn.conditioning import upsample_factors
 from wavflow.teacher import WaveNet
 
 
-def tiny_teacher(output: str, dtype=torch.float64) -> WaveNet:
+def tiny_teacher(output: str, dtype=torch.float64, **options) -> WaveNet:
     torch.manual_seed(0)
     model = WaveNet(
         n_mels=8,
@@ -25,6 +26,7 @@ def tiny_teacher(output: str, dtype=torch.float64) -> WaveNet:
         skip_channels=8,
         output=output,
         n_mixtures=3,
+        **options,
     )
     return model.to(dtype)
 
@@ -168,3 +170,101 @@ def test_speaker_conditioning():
     assert not torch.equal(a, model.condition(feats, torch.tensor([2, 1])))
     with pytest.raises(ValueError, match="speaker"):
         model.condition(feats)
+
+
+# The envelope: the stack models y = x exp(-l), l = log_envelope + c, from the mel.
+
+ENVELOPE_CASES = [
+    ("gaussian", False),
+    ("mol", False),
+    ("gaussian", True),
+    ("mol", True),
+]
+
+
+def envelope_teacher(output: str, pitch: bool, **options) -> WaveNet:
+    """A float64 envelope teacher (with pitch: 2 harmonics) whose offset is not the default."""
+    pitch_options = {"n_harmonics": 2, "sample_rate": 16000} if pitch else {}
+    model = tiny_teacher(output, envelope=True, **pitch_options | options)
+    with torch.no_grad():
+        model.level_offset.fill_(-1.3)
+    return model
+
+
+def envelope_cond(model: WaveNet, feats: torch.Tensor) -> torch.Tensor:
+    f0 = None
+    if model.conditioner.n_harmonics:
+        f0 = torch.linspace(120, 220, feats.shape[-1], dtype=feats.dtype).expand(len(feats), -1)
+    return model.condition(feats, f0=f0)
+
+
+@pytest.mark.parametrize(("output", "pitch"), ENVELOPE_CASES)
+def test_envelope_teacher_is_causal(output, pitch):
+    model = envelope_teacher(output, pitch)
+    assert model.conditioner.has_envelope
+    cond = envelope_cond(model, torch.randn(1, 8, 8, dtype=torch.float64) * 2 - 2)
+    x = (torch.rand(1, 1, 32, dtype=torch.float64) * 1.8 - 0.9).requires_grad_()
+    params = model(x, cond)
+    for t in [0, 5, 17, 31]:
+        (grad,) = torch.autograd.grad(params[0, :, t].sum(), x, retain_graph=True)
+        assert grad[0, 0, t:].abs().max() == 0, f"params at {t} see x at {t} or later"
+        if t >= 1:
+            assert grad[0, 0, t - 1].abs() > 0, "params at t must see x_{t-1}"
+    (grad,) = torch.autograd.grad(model.log_prob(x, cond).sum(), model.level_offset)
+    assert grad.abs() > 0, "the learned offset must reach the density"
+
+
+@pytest.mark.parametrize("pitch", [False, True])
+def test_envelope_density_is_a_change_of_variables(pitch):
+    """log p(x) = sum_t [log N(y_t; m_t, s_t) - l_t], y_t = x_t exp(-l_t), with (m, log s) what
+    the stack (plus the excitation shift) gives from y_<t: checked by hand."""
+    model = envelope_teacher("gaussian", pitch, log_scale_min=-30.0)  # the floor never binds
+    with torch.no_grad():
+        model.stack.head_out.weight.normal_(0.0, 0.5)
+        model.stack.head_out.bias.normal_(0.0, 0.5)
+    feats = torch.randn(2, 8, 6, dtype=torch.float64) * 2 - 2
+    cond = envelope_cond(model, feats)
+    x = torch.rand(2, 1, 24, dtype=torch.float64) * 1.6 - 0.8
+    channel = model.conditioner.envelope_channel % cond.shape[1]
+    level = cond[:, channel : channel + 1] - 1.3  # (B, 1, T)
+    assert level.std() > 0.5  # the level varies, so a missing or misplaced map would show
+    y = x * torch.exp(-level)
+    stack_out = model.stack(F.pad(y, (1, -1)), cond)
+    mean, log_scale = stack_out[:, :1], stack_out[:, 1:2]
+    if pitch:
+        amplitudes, excitation = stack_out[:, 2:], model.conditioner.excitation(cond)
+        mean = mean + (amplitudes * excitation).sum(1, keepdim=True)
+    y_density = torch.distributions.Normal(mean, log_scale.exp()).log_prob(y)
+    expected = (y_density - level).sum(dim=(1, 2))
+    torch.testing.assert_close(model.log_prob(x, cond), expected, rtol=0, atol=1e-9)
+    # The head's parameters are in x units: location m exp(l), log-scale log s + l.
+    params = model(x, cond)
+    torch.testing.assert_close(params[:, :1], mean * level.exp(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(params[:, 1:], log_scale + level, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("output", ["gaussian", "mol"])
+def test_envelope_log_scale_floor_is_in_x_units(output):
+    model = envelope_teacher(output, False)
+    cond = envelope_cond(model, torch.full((1, 8, 4), -11.5, dtype=torch.float64))
+    params = model(torch.zeros(1, 1, 16, dtype=torch.float64), cond)
+    log_scales = model.head.split(params)[-1]
+    assert (log_scales == model.head.log_scale_min).all()  # raw + l ~ -13 is floored at -7
+
+
+@pytest.mark.parametrize("output", ["gaussian", "mol"])
+def test_envelope_makes_silence_quiet_at_init(output):
+    """In frames whose mel is at the floor (log 1e-5) the samples of a new teacher are tiny, at
+    speech level where the mel is loud; without the envelope both are equally loud."""
+    feats = torch.zeros(1, 8, 8, dtype=torch.float64)
+    feats[:, :, 4:] = math.log(1e-5)
+    quiet = slice(5 * 4, 7 * 4)  # frames 5-6, away from the interpolation at the edge
+    loud = slice(0, 3 * 4)
+    rms = {}
+    for envelope in (True, False):
+        model = tiny_teacher(output, envelope=envelope, log_scale_min=-14.0)
+        cond = model.condition(feats)
+        x = model.generate(cond, method="naive", generator=torch.Generator().manual_seed(0))
+        rms[envelope] = [float(x[0, 0, part].square().mean().sqrt()) for part in (quiet, loud)]
+    assert rms[True][0] < 1e-4 and rms[True][1] > 0.05
+    assert rms[False][0] > 0.1

@@ -141,6 +141,7 @@ class TeacherConfig:
         log_scale_min: floor on predicted log-scales.
         n_speakers: speakers for global conditioning (0: none).
         speaker_channels: speaker embedding width.
+        envelope: model the signal normalised by the level its mel gives (`WaveNet`).
     """
 
     n_layers: int = 24
@@ -154,6 +155,7 @@ class TeacherConfig:
     log_scale_min: float = -7.0
     n_speakers: int = 0
     speaker_channels: int = 16
+    envelope: bool = False
 
     def __post_init__(self) -> None:
         _require(

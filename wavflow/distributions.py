@@ -67,6 +67,11 @@ class GaussianOutput:
         """Parameters of the distribution moved by `shift` (B, 1, T): the mean."""
         return torch.cat([params[:, :1] + shift, params[:, 1:]], dim=1)
 
+    def scale(self, params: Tensor, log_gain: Tensor) -> Tensor:
+        """Parameters of the distribution of exp(log_gain) X, log_gain (B, 1, T): the mean times
+        the gain, the raw log-scale plus log_gain (the floor in `split` applies afterwards)."""
+        return torch.cat([params[:, :1] * torch.exp(log_gain), params[:, 1:] + log_gain], dim=1)
+
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         """Log-density of x (B, 1, T) in nats, per sample: (B, 1, T), in at least float32."""
         dtype = _compute_dtype(params, x)
@@ -140,6 +145,13 @@ class LogisticMixtureOutput:
         """Parameters of the distribution moved by `shift` (B, 1, T): every component's mean."""
         logits, means, log_scales = params.split(self.n_mixtures, dim=1)
         return torch.cat([logits, means + shift, log_scales], dim=1)
+
+    def scale(self, params: Tensor, log_gain: Tensor) -> Tensor:
+        """Parameters of the mixture of exp(log_gain) X, log_gain (B, 1, T): every component's
+        mean times the gain, its raw log-scale plus log_gain (the floor in `split` applies
+        afterwards; the bins stay where they are, in the scaled variable's units)."""
+        logits, means, log_scales = params.split(self.n_mixtures, dim=1)
+        return torch.cat([logits, means * torch.exp(log_gain), log_scales + log_gain], dim=1)
 
     def log_mass(self, params: Tensor, x: Tensor) -> Tensor:
         """log(2 h p(x)) for x (B, 1, T) (see the class docstring): (B, 1, T) nats.

@@ -25,6 +25,17 @@ class WaveNet(nn.Module):
     The stack reads x shifted right by one sample (x_{t-1} at position t), so its output at t
     parameterises x_t given x_<t.
 
+    With `envelope`, the stack models the signal normalised by the level its mel gives: with
+    l_t = e_t + c (e the `log_envelope` channel of `cond`, c a learned offset), it reads
+    y_{t-1} = x_{t-1} exp(-l_{t-1}) and its location(s) m and raw log-scale(s) s, in y units,
+    become x-space parameters m exp(l_t) and s + l_t before the log-scale floor (which stays in x
+    units). `forward` returns x-space parameters, so every consumer scores x as before and the
+    density of x stays exact, with no extra log-det term: for the Gaussian head, log p(x_t) is
+    the y-space density of x_t exp(-l_t) minus l_t (a per-step affine change of variables with
+    a Jacobian known from the mel); the mixture's bins, edges and floor stay in x units. Silences
+    then start quiet instead of at the one noise level a stack must otherwise learn across
+    80 dB of levels.
+
     Args:
         n_mels: mel bands of the conditioning features.
         hop_length: audio samples per mel frame (sets the upsampling factors).
@@ -39,6 +50,13 @@ class WaveNet(nn.Module):
             predicts an amplitude per excitation channel and sample, and the location of x_t
             moves by sum_k a_k(t) e_k(t); the excitation also enters the gates via `cond`.
         sample_rate: audio rate in Hz (for the excitation).
+        envelope: model the envelope-normalised signal (above); `cond` gets the envelope
+            channel.
+        envelope_offset: c at initialisation (log RMS = e - 2.7 for 1024-point slaney log-mels,
+            see `log_envelope`).
+
+    References:
+        Lee et al., "PriorGrad", arXiv:2106.06406 (a data-dependent scale from the mel energy).
     """
 
     def __init__(
@@ -58,12 +76,16 @@ class WaveNet(nn.Module):
         speaker_channels: int = 16,
         n_harmonics: int = 0,
         sample_rate: int = 22050,
+        envelope: bool = False,
+        envelope_offset: float = -2.7,
     ) -> None:
         super().__init__()
         self.head = build_output(output, n_mixtures, log_scale_min)
         self.conditioner = Conditioner(
-            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate
+            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate, envelope
         )
+        # c of l_t = e_t + c; only with the envelope, so checkpoints without it keep their keys.
+        self.level_offset = nn.Parameter(torch.tensor(float(envelope_offset))) if envelope else None
         self.stack = WaveNetStack(
             in_channels=1,
             out_channels=self.head.n_params + self.conditioner.excitation_channels,
@@ -89,18 +111,31 @@ class WaveNet(nn.Module):
         """Mels (B, n_mels, F), speaker ids (B,), F0 (B, F) Hz -> cond (B, C, F * hop)."""
         return self.conditioner(feats, speaker, f0)
 
+    def log_level(self, cond: Tensor) -> Tensor | None:
+        """l = e + c (B, 1, T), the log level the stack's signal is normalised by, from a `cond`
+        this model built (None: no envelope)."""
+        if self.level_offset is None:
+            return None
+        channel = self.conditioner.envelope_channel % cond.shape[1]
+        return cond[:, channel : channel + 1] + self.level_offset
+
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         """Teacher-forced distribution parameters of every x_t: (B, 1, T) -> (B, P, T)."""
-        shifted = F.pad(x, (1, -1))  # x_{t-1} at position t; zero before the start
+        level = self.log_level(cond)
+        inputs = x if level is None else x * torch.exp(-level)  # y_t = x_t exp(-l_t)
+        shifted = F.pad(inputs, (1, -1))  # y_{t-1} at position t; zero before the start
         return self.head_params(self.stack(shifted, cond), cond)
 
     def head_params(self, stack_out: Tensor, cond: Tensor) -> Tensor:
-        """The head's parameters (B, P, T) from the stack's output (B, P + 2K, T): with pitch,
-        the predicted amplitudes times the excitation move the location."""
+        """The head's x-space parameters (B, P, T) from the stack's output (B, P + 2K, T): with
+        pitch, the predicted amplitudes times the excitation move the location; with the
+        envelope, the result (in y units) is scaled by exp(l_t) (`head.scale`)."""
         excitation = self.conditioner.excitation(cond)
-        if excitation is None:
-            return stack_out
-        return shift_by_excitation(self.head, stack_out, excitation)
+        params = stack_out
+        if excitation is not None:
+            params = shift_by_excitation(self.head, stack_out, excitation)
+        level = self.log_level(cond)
+        return params if level is None else self.head.scale(params, level)
 
     def log_prob_per_step(self, x: Tensor, cond: Tensor) -> Tensor:
         """log p(x_t | x_<t, cond) in nats for every t, one parallel pass: (B, T)."""
@@ -149,7 +184,16 @@ class WaveNet(nn.Module):
 
             cached = IncrementalWaveNet(self.stack, dtype=weight_dtype)
             excitation = self.conditioner.excitation(cond)
-            x = cached.generate(cond, self.head, noise, temperature, lengths, excitation=excitation)
+            level = self.log_level(cond)
+            x = cached.generate(
+                cond,
+                self.head,
+                noise,
+                temperature,
+                lengths,
+                excitation=excitation,
+                log_level=None if level is None else level[:, 0],  # (B, 1, T) -> (B, T)
+            )
         else:
             raise ValueError(
                 f"unknown generation method '{method}': use one of {GENERATION_METHODS}"
@@ -162,7 +206,9 @@ class WaveNet(nn.Module):
         """At each step run the whole stack over the last `receptive_field` inputs."""
         batch, _, length = cond.shape
         window = self.receptive_field
-        shifted = cond.new_zeros(batch, 1, length + 1)  # shifted[t] = x_{t-1}
+        level = self.log_level(cond)
+        shifted = cond.new_zeros(batch, 1, length + 1)  # shifted[t] = y_{t-1} (x without level)
+        x = cond.new_zeros(batch, 1, length)
         for t in range(int(lengths.max())):
             start = max(0, t + 1 - window)
             window_cond = cond[:, :, start : t + 1]
@@ -170,8 +216,10 @@ class WaveNet(nn.Module):
             params = self.head_params(stack_out, window_cond)
             params = params[..., -1:]
             x_t = self.head.sample(params, noise[:, :, t : t + 1], temperature)
+            x[:, :, t : t + 1] = x_t
+            if level is not None:
+                x_t = x_t * torch.exp(-level[:, :, t : t + 1])  # the stack reads y_t
             shifted[:, :, t + 1 : t + 2] = x_t
-        x = shifted[:, :, 1:]
         alive = (
             torch.arange(length, device=x.device)[None, None] < lengths.to(x.device)[:, None, None]
         )

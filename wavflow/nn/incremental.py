@@ -232,6 +232,7 @@ struct Job {
   float* x;                    // (B, T + K_in): x_t at column t + K_in
   float* params_out;           // (B, P_real, T) or null
   const float* excitation;     // (B, E, T): x_t's location moves by sum_e amplitude_e e(t)
+  const float* log_level;      // (B, T) or null: the stack models y_t = x_t exp(-l_t)
   int64_t* timers;             // (SECTIONS,) nanoseconds spent per section, or null
 };
 
@@ -452,6 +453,22 @@ static void shift_location(const Head& head, const Job& job, float* p, long row,
   else for (long c = 0; c < head.n_mixtures; ++c) p[head.n_mixtures + c] += shift;
 }
 
+// The head's parameters from y = x exp(-l) units to x units: every location times exp(l), every
+// raw log-scale plus l; the floor applies after, in x units (`sample_one`).
+static void scale_to_level(const Head& head, float* p, float level) {
+  const float gain = std::exp(level);
+  if (head.kind == 0) {
+    p[0] *= gain;
+    p[1] += level;
+    return;
+  }
+  const long k = head.n_mixtures;
+  for (long c = 0; c < k; ++c) {
+    p[k + c] *= gain;
+    p[2 * k + c] += level;
+  }
+}
+
 template <typename W>
 static void worker(const Net& net, const Head& head, const Job& job, Group& group, long part) {
   const long L = net.n_layers, K = net.kernel, R = net.residual, G = net.gates, H = G / 2;
@@ -478,8 +495,12 @@ static void worker(const Net& net, const Head& head, const Job& job, Group& grou
   }
   std::vector<float> ring(ring_at[L], 0.0f), pre(pre_at[L]), gates(rows * G);
   std::vector<float> hidden(rows * S), params(rows * P);
-  std::vector<float> own_x(part == 0 ? 0 : rows * (T + KIN), 0.0f);
-  float* xs = part == 0 ? job.x + row0 * (T + KIN) : own_x.data();
+  // The stack's inputs: x itself (part 0 writes them straight to job.x), or with a level y,
+  // kept apart from the x that part 0 writes.
+  const bool scaled = job.log_level != nullptr;
+  const bool own_inputs = part != 0 || scaled;
+  std::vector<float> own_x(own_inputs ? rows * (T + KIN) : 0, 0.0f);
+  float* xs = own_inputs ? own_x.data() : job.x + row0 * (T + KIN);
   float* z = group.z.data();
   float* skip = group.skip.data();
   long panels[2][2] = {{u0, u1}, {H / PW + u0, H / PW + u1}};  // own filter, gate units
@@ -617,7 +638,14 @@ static void worker(const Net& net, const Head& head, const Job& job, Group& grou
       const long row = row0 + r;
       float* pr = params.data() + r * P;
       if (job.n_excitation) shift_location(head, job, pr, row, t);
-      xs[r * (T + KIN) + t + KIN] = sample_one(head, pr, job.noise + row * nchan * T + t, T);
+      const float level = scaled ? job.log_level[row * T + t] : 0.0f;
+      if (scaled) scale_to_level(head, pr, level);
+      float x = sample_one(head, pr, job.noise + row * nchan * T + t, T);
+      if (scaled) {
+        if (part == 0) job.x[row * (T + KIN) + t + KIN] = x;
+        x *= std::exp(-level);
+      }
+      xs[r * (T + KIN) + t + KIN] = x;
       if (part == 0 && job.params_out)
         for (long p = 0; p < job.params_real; ++p)
           job.params_out[(row * job.params_real + p) * T + t] = pr[p];
@@ -692,7 +720,7 @@ class _Head(ctypes.Structure):
 class _Job(ctypes.Structure):
     _fields_ = _fields(
         "length groups threads_per_group params_real chunk_floats solo_from n_excitation",
-        "lengths group_start cond noise x params_out excitation timers",
+        "lengths group_start cond noise x params_out excitation log_level timers",
     )
 
 
@@ -816,6 +844,7 @@ class _Inputs:
     cond: Tensor  # (B, C, T), compute dtype
     noise: Tensor  # (B, N, T), dtype as given
     excitation: Tensor | None  # (B, E, T), compute dtype
+    log_level: Tensor | None  # (B, T), compute dtype
     lengths: Tensor  # (B,) long, on the CPU
     temperature: float
     return_params: bool
@@ -877,6 +906,7 @@ class IncrementalWaveNet:
         lengths: Tensor | None = None,
         return_params: bool = False,
         excitation: Tensor | None = None,
+        log_level: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Sample x_t ~ head(params_t), params_t = stack(x_<t, cond_<=t), for t < lengths[b].
 
@@ -891,6 +921,10 @@ class IncrementalWaveNet:
             excitation: (B, E, T), required when the stack has E outputs beyond the head's P
                 (a teacher with pitch): those are amplitudes a_e(t), and the head's location
                 moves by sum_e a_e(t) excitation_e(t) (`head.shift_location`).
+            log_level: (B, T) l_t of a teacher with the envelope (`teacher.log_level(cond)`):
+                the stack reads y_{t-1} = x_{t-1} exp(-l_{t-1}), and its parameters (after the
+                excitation's shift) are mapped to x units by `head.scale(params, l_t)` before
+                x_t is sampled. None: the stack reads x.
 
         Returns:
             x (B, 1, T) in cond's dtype; with `return_params`, also params (B, P, T) in the
@@ -910,6 +944,8 @@ class IncrementalWaveNet:
             )
         if not n_extra and excitation is not None:
             raise ValueError("excitation given, but the stack predicts no amplitudes for it")
+        if log_level is not None and log_level.shape != (batch, length):
+            raise ValueError(f"log_level must be (B, T) = ({batch}, {length})")
         use_cpp = self._use_cpp(cond, head)
         threads = self.threads or torch.get_num_threads()
         groups = max(1, min(threads, batch)) if use_cpp else 1
@@ -930,6 +966,9 @@ class IncrementalWaveNet:
                 excitation=None
                 if excitation is None
                 else excitation.index_select(0, rows).to(device, self.compute_dtype),
+                log_level=None
+                if log_level is None
+                else log_level.index_select(0, rows).to(device, self.compute_dtype),
                 lengths=lengths[order],
                 temperature=temperature,
                 return_params=return_params,
@@ -1151,7 +1190,8 @@ class IncrementalWaveNet:
         n_params, noise, temperature = head.n_params, inputs.noise, inputs.temperature
         # (B, C, T) -> (B, T, C)
         cond = inputs.cond[:, : net.cond].transpose(1, 2).contiguous()
-        excitation = inputs.excitation  # float32 and contiguous: `generate` made it so
+        # float32 and contiguous: `generate` made them so
+        excitation, log_level = inputs.excitation, inputs.log_level
         if isinstance(head, LogisticMixtureOutput):
             noise = head.noise_terms(noise)  # the kernel takes them as `head.sample` uses them
             head_args = (1, head.n_mixtures)
@@ -1178,6 +1218,7 @@ class IncrementalWaveNet:
             x=x.data_ptr(),
             params_out=params.data_ptr() if params is not None else None,
             excitation=excitation.data_ptr() if excitation is not None else None,
+            log_level=log_level.data_ptr() if log_level is not None else None,
             timers=self._timers.data_ptr() if self._timers is not None else None,
         )
         with torch.profiler.record_function("wavflow::cpp_generate"):
@@ -1225,7 +1266,13 @@ class _EagerState:
         self.excitation = None
         if inputs.excitation is not None:
             self.excitation = inputs.excitation.permute(2, 0, 1).contiguous()  # -> (T, B, E)
-        self.xs = zeros(batch, length + self.input_kernel)  # x_t at column t + input_kernel
+        # The stack's inputs: x_t at column t + input_kernel, or y_t = x_t exp(-l_t) with a level
+        # (then x is kept apart in `samples`).
+        self.xs = zeros(batch, length + self.input_kernel)
+        self.level = self.samples = None
+        if inputs.log_level is not None:
+            self.level = inputs.log_level.T.contiguous()  # (B, T) -> (T, B)
+            self.samples = zeros(batch, length)
         self.noise = noise.permute(2, 0, 1).unsqueeze(-1).contiguous()  # -> (T, B, N, 1)
         self.tap_index = [
             [
@@ -1253,6 +1300,7 @@ class _EagerState:
         self.z_flat = self.z[:active].view(active, -1)
         self.skip_view, self.hidden_view = self.skip[:active], self.hidden[:active]
         self.xs_view = self.xs[:active]
+        self.samples_view = self.samples[:active] if self.samples is not None else None
 
     def step(
         self,
@@ -1287,22 +1335,30 @@ class _EagerState:
         torch.addmm(w["hidden_bias"], self.skip_view, w["hidden"], out=self.hidden_view)
         self.hidden_view.relu_()
         params = self.params[t if self.return_params else 0, :active]
-        if self.excitation is None:
+        if self.excitation is None and self.level is None:
             torch.addmm(w["out_bias"], self.hidden_view, w["out"], out=params)
         else:
-            params.copy_(self._shifted(t, active, head))
-        x_t = head.sample(params.unsqueeze(-1), self.noise[t, :active], temperature)
-        self.xs_view[:, t + self.input_kernel] = x_t.view(active)
+            params.copy_(self._mapped(t, active, head))
+        x_t = head.sample(params.unsqueeze(-1), self.noise[t, :active], temperature).view(active)
+        if self.level is not None:
+            self.samples_view[:, t] = x_t
+            x_t = x_t * torch.exp(-self.level[t, :active])  # the stack reads y_t
+        self.xs_view[:, t + self.input_kernel] = x_t
 
-    def _shifted(self, t: int, active: int, head: GaussianOutput | LogisticMixtureOutput) -> Tensor:
-        """Head params (B, P) with the location moved by sum_e amplitude_e(t) excitation_e(t)."""
-        outputs = self.outputs[:active]
-        torch.addmm(self.w["out_bias"], self.hidden_view, self.w["out"], out=outputs)
-        # (B, P + E) -> (B, P + E, 1) and back: the head works on (B, channels, T)
-        excitation = self.excitation[t, :active, :, None]
-        return shift_by_excitation(head, outputs[..., None], excitation)[..., 0]
+    def _mapped(self, t: int, active: int, head: GaussianOutput | LogisticMixtureOutput) -> Tensor:
+        """Head params (B, P) with the location moved by sum_e amplitude_e(t) excitation_e(t)
+        and then, with a level, mapped from y to x units (`head.scale`)."""
+        outputs = self.outputs[:active, :, None]  # (B, P + E) -> (B, P + E, 1): (B, channels, T)
+        torch.addmm(self.w["out_bias"], self.hidden_view, self.w["out"], out=outputs[..., 0])
+        if self.excitation is not None:
+            outputs = shift_by_excitation(head, outputs, self.excitation[t, :active, :, None])
+        if self.level is not None:
+            outputs = head.scale(outputs, self.level[t, :active, None, None])
+        return outputs[..., 0]
 
     def result(self) -> tuple[Tensor, Tensor | None]:
         """Samples (B, T) and, if kept, params (T, B, P) -> (B, P, T)."""
         params = self.params.permute(1, 2, 0) if self.return_params else None
+        if self.samples is not None:
+            return self.samples, params
         return self.xs[:, self.input_kernel :], params
