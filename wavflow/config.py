@@ -141,7 +141,9 @@ class TeacherConfig:
         log_scale_min: floor on predicted log-scales.
         n_speakers: speakers for global conditioning (0: none).
         speaker_channels: speaker embedding width.
-        envelope: model the signal normalised by the level its mel gives (`WaveNet`).
+        envelope: model the signal normalised by the level its mel gives (`WaveNet`): a
+            mel-adaptive teacher, quiet in silences from the start.
+        envelope_offset: the learned offset of that level at initialisation.
     """
 
     n_layers: int = 24
@@ -156,6 +158,7 @@ class TeacherConfig:
     n_speakers: int = 0
     speaker_channels: int = 16
     envelope: bool = False
+    envelope_offset: float = -2.7
 
     def __post_init__(self) -> None:
         _require(
