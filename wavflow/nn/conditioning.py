@@ -248,6 +248,8 @@ class Conditioner(nn.Module):
         self.n_harmonics, self.sample_rate = n_harmonics, sample_rate
         self.excitation_channels = 2 * n_harmonics
         self.has_envelope = envelope
+        # Index of the log-envelope channel in `cond`, counted from the end (None: no envelope).
+        self.envelope_channel = -1 - self.excitation_channels if envelope else None
         self.f0_predictor = F0Predictor(n_mels) if n_harmonics else None
         self.out_channels = (
             n_mels
@@ -277,13 +279,6 @@ class Conditioner(nn.Module):
             excitation = required_excitation(f0, hop, self.sample_rate, self.n_harmonics, phase)
             parts.append(excitation.to(feats.dtype))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-
-    @property
-    def envelope_channel(self) -> int:
-        """Index of the log-envelope channel in `cond` (counted from the end, so negative)."""
-        if not self.has_envelope:
-            raise ValueError("this conditioner was built without envelope=True")
-        return -1 - self.excitation_channels
 
     def excitation(self, cond: Tensor) -> Tensor | None:
         """The excitation channels (B, 2K, T) of a `cond` this module built (None: no pitch)."""
