@@ -167,3 +167,15 @@ def test_options_refuse_caps_too_short_to_score():
     with pytest.raises(ValueError, match="max_seconds"):
         EvaluationOptions(max_seconds=0.2)
     assert EvaluationOptions().max_seconds >= evaluation.MIN_SECONDS
+
+
+def test_temperature_reaches_the_students_samples(checkpoints, corpus_dir):
+    audio = [sorted(corpus_dir.rglob("*.wav"))[0]]
+    rows = {}
+    for temperature in (1.0, 0.0):
+        options = EvaluationOptions(max_utterances=1, max_seconds=1.0, temperature=temperature)
+        report = evaluate({"iaf": checkpoints["iaf"]}, audio, options=options)
+        assert report["settings"]["temperature"] == temperature
+        assert f"temperature {temperature:g}" in quality_table(report)
+        rows[temperature] = report["rows"]["iaf"]["mean"]["log_mel_db"]
+    assert rows[0.0] != rows[1.0]

@@ -351,6 +351,12 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     )
     command.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     command.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="scale of the models' sampling noise (default 1: their own distribution)",
+    )
+    command.add_argument(
         "--griffin-lim-iterations",
         type=int,
         default=32,
@@ -378,6 +384,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         max_utterances=args.max_utterances,
         max_seconds=args.max_seconds,
         seed=args.seed,
+        temperature=args.temperature,
         griffin_lim_iterations=args.griffin_lim_iterations,
         nll_seconds=args.nll_seconds,
         device=args.device,

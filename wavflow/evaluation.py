@@ -43,6 +43,7 @@ class EvaluationOptions:
         max_seconds: each utterance is cut to its first `max_seconds` (0 = whole): the
             teacher's sequential generation is slow.
         seed: noise seed of every model's samples.
+        temperature: scale of the models' sampling noise (1: the model's own distribution).
         griffin_lim_iterations: of the Griffin-Lim anchor.
         nll_seconds: when > 0, a student's density of real audio is also scored, on the first
             `nll_seconds` of each utterance, the teacher's beside it (0: not scored; the
@@ -54,6 +55,7 @@ class EvaluationOptions:
     max_utterances: int = 10
     max_seconds: float = 5.0
     seed: int = 0
+    temperature: float = 1.0
     griffin_lim_iterations: int = 32
     nll_seconds: float = 0.0
     device: str = "cpu"
@@ -230,7 +232,7 @@ def evaluate(
     )
     teachers: dict[str, WaveNet] = {}
     for entry in models:
-        outputs = [_vocode(entry, i, options.seed) for i in tqdm(items, entry.label, disable=hide)]
+        outputs = [_vocode(entry, i, options) for i in tqdm(items, entry.label, disable=hide)]
         rows[entry.label] = {
             "checkpoint": str(entry.path),
             "kind": entry.state["kind"],
@@ -271,16 +273,15 @@ def _item(utterance: Utterance, features: FeatureConfig, data: DataConfig) -> _I
     return _Item(utterance.name, utterance.audio, mel, np.asarray(f0, dtype=np.float32))
 
 
-def _vocode(entry: _Model, item: _Item, seed: int) -> np.ndarray:
+def _vocode(entry: _Model, item: _Item, options: EvaluationOptions) -> np.ndarray:
     """The model's audio for the item's mel: the teacher's cached sequential generation, a
     student's parallel pass; pitch models take the real side's F0."""
     features = entry.recipe.features
     device = next(entry.model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(options.seed)
     f0 = torch.from_numpy(item.f0)[None].to(device) if has_pitch(entry.model) else None
-    audio = vocode(
-        entry.model, item.mel.to(device), features, SynthesisOptions(seed=seed), generator, f0=f0
-    )
+    synthesis = SynthesisOptions(seed=options.seed, temperature=options.temperature)
+    audio = vocode(entry.model, item.mel.to(device), features, synthesis, generator, f0=f0)
     return audio[0, : len(item.audio)].float().cpu().numpy()
 
 
@@ -469,7 +470,8 @@ def quality_table(report: dict[str, Any]) -> str:
     count, cap = len(report["utterances"]), settings["max_seconds"]
     length = f"the first {cap:g} s of each" if cap else "whole"
     lines.append(
-        f"\n{count} utterance{'s' * (count != 1)} at {report['sample_rate']} Hz ({length}). "
+        f"\n{count} utterance{'s' * (count != 1)} at {report['sample_rate']} Hz ({length}), "
+        f"models sampled at temperature {settings['temperature']:g}. "
         f"PESQ: {settings['pesq']}. STOI: {settings['stoi']}. MCD: {settings['mcd']}. Frames: "
         f"{settings['frames']}; silence dB = output level minus real level there. V/UV: share of "
         f"frames voiced in one but not the other; F0 cents: RMS on frames voiced in both; F0 by "
