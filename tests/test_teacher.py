@@ -268,3 +268,16 @@ def test_envelope_makes_silence_quiet_at_init(output):
         rms[envelope] = [float(x[0, 0, part].square().mean().sqrt()) for part in (quiet, loud)]
     assert rms[True][0] < 1e-4 and rms[True][1] > 0.05
     assert rms[False][0] > 0.1
+
+
+def test_input_noise_only_in_training_and_the_density_stays_exact():
+    model = tiny_teacher("gaussian", input_noise=0.5)
+    quiet = tiny_teacher("gaussian")
+    quiet.load_state_dict(model.state_dict())
+    feats = torch.randn(2, 8, 8, dtype=torch.float64)
+    x = 0.3 * torch.randn(2, 1, 8 * 4, dtype=torch.float64)
+    cond = model.condition(feats)
+    model.train()
+    assert not torch.equal(model(x, cond), model(x, cond))  # noisy past in training
+    model.eval()
+    torch.testing.assert_close(model(x, cond), quiet.eval()(x, cond))  # exact in evaluation

@@ -144,6 +144,7 @@ class TeacherConfig:
         envelope: model the signal normalised by the level its mel gives (`WaveNet`): a
             mel-adaptive teacher, quiet in silences from the start.
         envelope_offset: the learned offset of that level at initialisation.
+        input_noise: std of the noise on the stack's input in training (`WaveNet`; 0: none).
     """
 
     n_layers: int = 24
@@ -159,6 +160,7 @@ class TeacherConfig:
     speaker_channels: int = 16
     envelope: bool = False
     envelope_offset: float = -2.7
+    input_noise: float = 0.0
 
     def __post_init__(self) -> None:
         _require(
@@ -167,6 +169,7 @@ class TeacherConfig:
                 (self.output in ("gaussian", "mol"), "output must be 'gaussian' or 'mol'"),
                 (self.n_layers % self.n_cycles == 0, "n_cycles must divide n_layers"),
                 (self.gate_channels % 2 == 0, "gate_channels must be even"),
+                (self.input_noise >= 0, "input_noise must be >= 0"),
             ],
         )
 

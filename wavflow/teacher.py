@@ -54,6 +54,10 @@ class WaveNet(nn.Module):
             channel.
         envelope_offset: c at initialisation (log RMS = e - 2.7 for 1024-point slaney log-mels,
             see `log_envelope`).
+        input_noise: standard deviation of Gaussian noise added to the stack's input (the
+            past samples, in y units with the envelope) in training mode only, so the teacher
+            learns to lean on the mel and the excitation rather than on an exact past, which its
+            own samples never give it. Evaluation and the density stay exact (no noise).
 
     References:
         Lee et al., "PriorGrad", arXiv:2106.06406 (a data-dependent scale from the mel energy).
@@ -78,8 +82,10 @@ class WaveNet(nn.Module):
         sample_rate: int = 22050,
         envelope: bool = False,
         envelope_offset: float = -2.7,
+        input_noise: float = 0.0,
     ) -> None:
         super().__init__()
+        self.input_noise = input_noise
         self.head = build_output(output, n_mixtures, log_scale_min)
         self.conditioner = Conditioner(
             n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate, envelope
@@ -123,6 +129,8 @@ class WaveNet(nn.Module):
         """Teacher-forced distribution parameters of every x_t: (B, 1, T) -> (B, P, T)."""
         level = self.log_level(cond)
         inputs = x if level is None else x * torch.exp(-level)  # y_t = x_t exp(-l_t)
+        if self.training and self.input_noise:
+            inputs = inputs + self.input_noise * torch.randn_like(inputs)
         shifted = F.pad(inputs, (1, -1))  # y_{t-1} at position t; zero before the start
         return self.head_params(self.stack(shifted, cond), cond)
 
