@@ -206,3 +206,51 @@ def test_f0_predictor_learns_a_mel_to_f0_mapping():
     assert float(loss) < first / 4
     predicted = predictor(feats)
     assert ((predicted > 0) == (f0 > 0)).float().mean() > 0.9
+
+
+def test_aligned_phase_finds_the_fundamentals_offset():
+    import math
+
+    from wavflow.nn.conditioning import aligned_phase, excitation_phase
+
+    rate, hop, frames = 16000, 256, 40
+    f0 = torch.full((1, frames), 150.0)
+    phase = excitation_phase(f0, hop, rate)[0]
+    offset = 1.1  # the recording's fundamental is ahead of the accumulated phase by this much
+    audio = 0.5 * torch.cos(phase + offset) + 0.1 * torch.cos(2 * (phase + offset) + 0.3)
+    aligned = aligned_phase(audio[None].float(), f0, hop, rate)[0]
+    error = torch.remainder(aligned - phase - offset + math.pi, 2 * math.pi) - math.pi
+    assert error[2 * hop : -2 * hop].abs().max() < 0.01  # (edges: the low-pass is cut off)
+
+
+def test_a_phase_aligned_teacher_trains_with_the_aligned_excitation(monkeypatch):
+    from wavflow import training
+    from wavflow.teacher import WaveNet
+
+    model = WaveNet(
+        8,
+        4,
+        n_layers=2,
+        n_cycles=1,
+        residual_channels=4,
+        gate_channels=8,
+        skip_channels=4,
+        output="gaussian",
+        n_harmonics=2,
+        sample_rate=16000,
+        align_phase=True,
+    )
+    seen = []
+    real = training.aligned_phase
+    monkeypatch.setattr(training, "aligned_phase", lambda *a: seen.append(a) or real(*a))
+    objective = training.likelihood_objective("teacher", model, None)
+    batch = {
+        "audio": 0.1 * torch.randn(2, 1, 64),
+        "feats": torch.randn(2, 8, 16),
+        "f0": torch.full((2, 16), 120.0),
+        "speaker": torch.zeros(2, dtype=torch.long),
+    }
+    losses = objective.loss(batch)
+    assert seen and torch.isfinite(losses["nll"])
+    unaligned = training.LikelihoodLoss(model)(batch)["nll"]
+    assert not torch.equal(losses["nll"], unaligned)  # the phase changed the excitation

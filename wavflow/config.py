@@ -145,6 +145,8 @@ class TeacherConfig:
             mel-adaptive teacher, quiet in silences from the start.
         envelope_offset: the learned offset of that level at initialisation.
         input_noise: std of the noise on the stack's input in training (`WaveNet`; 0: none).
+        align_phase: train with the F0 excitation in phase with the real audio's fundamental
+            (`WaveNet`, `aligned_phase`).
     """
 
     n_layers: int = 24
@@ -161,6 +163,7 @@ class TeacherConfig:
     envelope: bool = False
     envelope_offset: float = -2.7
     input_noise: float = 0.0
+    align_phase: bool = False
 
     def __post_init__(self) -> None:
         _require(

@@ -54,6 +54,9 @@ class WaveNet(nn.Module):
             channel.
         envelope_offset: c at initialisation (log RMS = e - 2.7 for 1024-point slaney log-mels,
             see `log_envelope`).
+        align_phase: train with the excitation's phase aligned to the real audio's
+            fundamental (`aligned_phase`, in the likelihood loss only), so that the excitation
+            tells the teacher where the glottal pulses are.
         input_noise: standard deviation of Gaussian noise added to the stack's input (the
             past samples, in y units with the envelope) in training mode only, so the teacher
             learns to lean on the mel and the excitation rather than on an exact past, which its
@@ -83,9 +86,10 @@ class WaveNet(nn.Module):
         envelope: bool = False,
         envelope_offset: float = -2.7,
         input_noise: float = 0.0,
+        align_phase: bool = False,
     ) -> None:
         super().__init__()
-        self.input_noise = input_noise
+        self.input_noise, self.align_phase = input_noise, align_phase
         self.head = build_output(output, n_mixtures, log_scale_min)
         self.conditioner = Conditioner(
             n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate, envelope

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from wavflow.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from wavflow.config import FeatureConfig, Recipe, TrainConfig, dumps_toml, recipe_from_dict, to_dict
 from wavflow.data import PreparedData, SegmentDataset, StepBatchSampler
+from wavflow.nn.conditioning import aligned_phase
 from wavflow.validation import distillation_metrics, generate_audio, mel_figure
 
 
@@ -426,13 +427,21 @@ class LikelihoodLoss(nn.Module):
     teacher and the coupling students.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, align_phase: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.align_phase = align_phase
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         audio = batch["audio"]
-        cond = self.model.condition(batch["feats"], batch["speaker"], batch.get("f0"))
+        feats, speaker, f0 = batch["feats"], batch["speaker"], batch.get("f0")
+        if self.align_phase:  # the excitation in phase with the real fundamental
+            conditioner = self.model.conditioner
+            hop, rate = conditioner.upsampler.hop_length, conditioner.sample_rate
+            phase = aligned_phase(audio[:, 0], f0, hop, rate)
+            cond = conditioner(feats, speaker, f0, phase)
+        else:
+            cond = self.model.condition(feats, speaker, f0)
         losses = {"nll": -(self.model.log_prob(audio, cond) / audio.shape[-1]).mean()}
         return losses | f0_predictor_loss(self.model, batch)
 
@@ -457,7 +466,9 @@ def likelihood_objective(kind: str, model: nn.Module, features: FeatureConfig) -
         log_media(model, batch, writer, step, features)
 
     weights = {"nll": 1.0, "f0": 1.0}
-    return Objective(kind, model, LikelihoodLoss(model), weights, validate, "val/nll", media)
+    # Only a teacher declares `align_phase` (`WaveNet`); coupling students never align.
+    loss = LikelihoodLoss(model, align_phase=kind == "teacher" and model.align_phase)
+    return Objective(kind, model, loss, weights, validate, "val/nll", media)
 
 
 def context_free_nll(audio: Tensor) -> float:

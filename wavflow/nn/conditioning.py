@@ -115,6 +115,39 @@ def excitation_phase(f0: Tensor, hop_length: int, sample_rate: int) -> Tensor:
     return 2 * math.pi * torch.cumsum(f0_audio / sample_rate, dim=-1)
 
 
+def aligned_phase(
+    audio: Tensor, f0: Tensor, hop_length: int, sample_rate: int, window: int | None = None
+) -> Tensor:
+    """The excitation phase of `excitation_phase`, moved onto the audio's own fundamental.
+
+    phi_t accumulates F0 from the start of the clip, so its offset from the recording's glottal
+    cycle is arbitrary: a likelihood model cannot time pulses by it and learns to ignore it.
+    Demodulating the audio by exp(-i phi) and low-passing gives the fundamental's phase offset
+    theta_t = arg sum_s w_{t-s} x_s exp(-i phi_s) (x_t ~ A cos(phi_t + theta_t)), so the
+    excitation of phi + theta is in phase with the audio's fundamental. Training a teacher with
+    it teaches it to put pulses where the excitation says; at synthesis any phi works.
+
+    Args:
+        audio: (B, T) real audio, T = F * hop.
+        f0: (B, F) Hz at the frame rate, 0 = unvoiced.
+        hop_length, sample_rate: frame hop and rate.
+        window: Hann low-pass length in samples (default 2 hops: it rejects the 2 phi term,
+            2 F0 >= 120 Hz, while following a moving offset).
+
+    Returns:
+        (B, T) float64 phase in radians.
+    """
+    phase = excitation_phase(f0, hop_length, sample_rate)
+    length = window or 2 * hop_length
+    kernel = torch.hann_window(length, dtype=torch.float64, device=audio.device)[None, None]
+    carrier = torch.stack([torch.cos(phase), -torch.sin(phase)], dim=1)  # exp(-i phi), (B, 2, T)
+    demodulated = carrier * audio.double()[:, None]
+    smooth = torch.nn.functional.conv1d(
+        demodulated.reshape(-1, 1, demodulated.shape[-1]), kernel, padding=length // 2
+    )[..., : demodulated.shape[-1]].reshape(demodulated.shape)  # (B, 2, T): real, imaginary
+    return phase + torch.atan2(smooth[:, 1], smooth[:, 0])
+
+
 def harmonic_excitation(
     f0: Tensor, hop_length: int, sample_rate: int, n_harmonics: int, phase: Tensor | None = None
 ) -> Tensor:
