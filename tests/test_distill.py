@@ -194,3 +194,11 @@ def test_mel_loss_reaches_the_student_and_needs_features() -> None:
     losses = DistillLoss(student, constant_teacher(), cfg, features)(_batch(length=256))
     losses["mel"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+def test_a_receptive_field_longer_than_the_crop_is_a_clear_error() -> None:
+    cfg = DistillConfig(weights={"kl": 1.0}, kl_estimator="closed_form", skip_receptive_field=True)
+    teacher = constant_teacher()
+    loss = DistillLoss(identity_student(), teacher, cfg)
+    with pytest.raises(ValueError, match="skip_receptive_field"):
+        loss(_batch(length=teacher.receptive_field // 4 * 4))

@@ -154,12 +154,26 @@ class DistillLoss(nn.Module):
             losses["power"] = power_loss(x, real, *self.cfg.stft_resolutions[0])
         if weights.get("contrastive", 0) and x.shape[0] > 1:
             other = teacher_cond.roll(1, dims=0)
-            log_p_other = self.teacher.log_prob_per_step(x, other)[:, self._first_step() :]
+            log_p_other = self.teacher.log_prob_per_step(x, other)[
+                :, self._first_step(x.shape[-1]) :
+            ]
             losses["contrastive"] = log_p_other.mean() - mean_log_q  # = -KL(q || p_other)
         return losses
 
-    def _first_step(self) -> int:
-        return self.teacher.receptive_field if self.cfg.skip_receptive_field else 0
+    def _first_step(self, length: int) -> int:
+        """The first step the KL counts, for crops of `length` samples.
+
+        Raises:
+            ValueError: the skipped receptive field leaves no step of the crop.
+        """
+        first = self.teacher.receptive_field if self.cfg.skip_receptive_field else 0
+        if first >= length:
+            raise ValueError(
+                f"distill.skip_receptive_field leaves out the teacher's first {first} steps, but "
+                f"the crops are {length} samples (data.segment_length): make the crops longer, "
+                "or set distill.skip_receptive_field = false"
+            )
+        return first
 
     def _kl_terms(
         self, student_cond: Tensor, teacher_cond: Tensor
@@ -174,7 +188,7 @@ class DistillLoss(nn.Module):
         x, loc, log_scale, _ = self.student.rsample_with_stats(student_cond)
         log_scale = log_scale.clamp_min(self.cfg.log_scale_min)
         params = self.teacher(x, teacher_cond)
-        start = self._first_step()
+        start = self._first_step(x.shape[-1])
         if self.estimator == "closed_form":
             mean_p, log_scale_p = self.teacher.head.split(params)
             kl = gaussian_kl(loc, log_scale, mean_p, log_scale_p)[:, 0]
