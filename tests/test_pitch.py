@@ -254,3 +254,5 @@ def test_a_phase_aligned_teacher_trains_with_the_aligned_excitation(monkeypatch)
     assert seen and torch.isfinite(losses["nll"])
     unaligned = training.LikelihoodLoss(model)(batch)["nll"]
     assert not torch.equal(losses["nll"], unaligned)  # the phase changed the excitation
+    # Validation (and so best.pt) scores the objective that training minimises.
+    assert objective.validate(model, [batch])["nll"] == pytest.approx(float(losses["nll"]))

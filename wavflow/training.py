@@ -457,8 +457,12 @@ def f0_predictor_loss(model: nn.Module, batch: dict[str, Any]) -> dict[str, Tens
 def likelihood_objective(kind: str, model: nn.Module, features: FeatureConfig) -> Objective:
     """Train `model` (teacher or coupling student) by maximum likelihood."""
 
+    # Only a teacher declares `align_phase` (`WaveNet`); coupling students never align. The
+    # validation NLL is the training objective's, so it aligns the same way.
+    loss = LikelihoodLoss(model, align_phase=kind == "teacher" and model.align_phase)
+
     def validate(model: nn.Module, batches: list[dict[str, Any]]) -> dict[str, float]:
-        nll = [float(LikelihoodLoss(model)(b)["nll"]) for b in batches]
+        nll = [float(loss(b)["nll"]) for b in batches]
         audio = torch.cat([b["audio"].flatten() for b in batches])
         return {"nll": sum(nll) / len(nll), "baseline_nll": context_free_nll(audio)}
 
@@ -466,8 +470,6 @@ def likelihood_objective(kind: str, model: nn.Module, features: FeatureConfig) -
         log_media(model, batch, writer, step, features)
 
     weights = {"nll": 1.0, "f0": 1.0}
-    # Only a teacher declares `align_phase` (`WaveNet`); coupling students never align.
-    loss = LikelihoodLoss(model, align_phase=kind == "teacher" and model.align_phase)
     return Objective(kind, model, loss, weights, validate, "val/nll", media)
 
 
