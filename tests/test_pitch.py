@@ -61,7 +61,7 @@ def test_excitation_phase_is_continuous_across_chunks():
     assert step < 2 * math.pi * 200 / 16000 + 1e-3
 
 
-def _pitch_teacher() -> WaveNet:
+def _pitch_teacher(**options) -> WaveNet:
     torch.manual_seed(0)
     model = WaveNet(
         n_mels=8,
@@ -74,6 +74,7 @@ def _pitch_teacher() -> WaveNet:
         output="gaussian",
         n_harmonics=3,
         sample_rate=16000,
+        **options,
     ).double()
     with torch.no_grad():
         model.stack.head_out.weight.normal_(0, 0.3)
@@ -225,29 +226,16 @@ def test_aligned_phase_finds_the_fundamentals_offset():
 
 def test_a_phase_aligned_teacher_trains_with_the_aligned_excitation(monkeypatch):
     from wavflow import training
-    from wavflow.teacher import WaveNet
 
-    model = WaveNet(
-        8,
-        4,
-        n_layers=2,
-        n_cycles=1,
-        residual_channels=4,
-        gate_channels=8,
-        skip_channels=4,
-        output="gaussian",
-        n_harmonics=2,
-        sample_rate=16000,
-        align_phase=True,
-    )
+    model = _pitch_teacher(align_phase=True)
     seen = []
     real = training.aligned_phase
     monkeypatch.setattr(training, "aligned_phase", lambda *a: seen.append(a) or real(*a))
     objective = training.likelihood_objective("teacher", model, None)
     batch = {
-        "audio": 0.1 * torch.randn(2, 1, 64),
-        "feats": torch.randn(2, 8, 16),
-        "f0": torch.full((2, 16), 120.0),
+        "audio": 0.1 * torch.randn(2, 1, 64, dtype=torch.float64),
+        "feats": torch.randn(2, 8, 4, dtype=torch.float64),
+        "f0": torch.full((2, 4), 120.0, dtype=torch.float64),
         "speaker": torch.zeros(2, dtype=torch.long),
     }
     losses = objective.loss(batch)
