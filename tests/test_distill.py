@@ -11,6 +11,7 @@ from wavflow.config import DistillConfig
 from wavflow.distill import (
     DistillLoss,
     choose_estimator,
+    floored_head,
     gaussian_kl,
     multi_resolution_stft_loss,
     per_step_kl,
@@ -202,3 +203,26 @@ def test_a_receptive_field_longer_than_the_crop_is_a_clear_error() -> None:
     loss = DistillLoss(identity_student(), teacher, cfg)
     with pytest.raises(ValueError, match="skip_receptive_field"):
         loss(_batch(length=teacher.receptive_field // 4 * 4))
+
+
+@pytest.mark.parametrize("estimator", ["closed_form", "sample"])
+def test_a_teacher_floor_scores_student_samples_with_the_raised_floor(estimator) -> None:
+    """With distill.teacher_log_scale_min above the teacher's log-scale (-0.5), the KL is the
+    one against N(MEAN_P, 1), and the teacher itself keeps its own floor."""
+    teacher = constant_teacher()
+    cfg = DistillConfig(
+        weights={"kl": 1.0},
+        kl_estimator=estimator,
+        skip_receptive_field=False,
+        teacher_log_scale_min=0.0,
+    )
+    loss = DistillLoss(identity_student(), teacher, cfg)
+    floored = float(
+        gaussian_kl(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(MEAN_P), torch.tensor(0.0))
+    )
+    estimates = torch.tensor([float(loss(_batch(length=256))["kl"].detach()) for _ in range(20)])
+    standard_error = float(estimates.std()) / math.sqrt(len(estimates)) + 1e-9
+    assert abs(float(estimates.mean()) - floored) < 4 * standard_error + 1e-6
+    assert abs(floored - exact_kl()) > 0.1  # the floor changed what is measured
+    assert teacher.head.log_scale_min == -7.0
+    assert floored_head(teacher.head, -9.0) is teacher.head  # a lower floor changes nothing

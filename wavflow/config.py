@@ -8,6 +8,7 @@ are errors naming `section.key`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -270,6 +271,11 @@ class DistillConfig:
         kl_samples: samples per timestep for the per-step cross-entropy.
         skip_receptive_field: leave the teacher's first receptive-field steps out of the KL.
         log_scale_min: clamp on student log-scales inside the KL.
+        teacher_log_scale_min: floor on the teacher's log-scales when it scores student samples
+            in the KL and the log-scale regulariser (-inf: the teacher's own floor). A teacher
+            trained down to sigma >= 1.7e-5 makes the sample-based KL of a coupling student
+            explode where the teacher is sure of a sample and the student is not; a higher
+            floor here bounds those terms without changing the teacher.
         stft_resolutions: [n_fft, hop, win] of each multi-resolution STFT loss term.
     """
 
@@ -278,6 +284,7 @@ class DistillConfig:
     kl_samples: int = 4
     skip_receptive_field: bool = True
     log_scale_min: float = -7.0
+    teacher_log_scale_min: float = -math.inf
     stft_resolutions: list[list[int]] = field(
         default_factory=lambda: [[1024, 256, 1024], [2048, 512, 2048], [512, 128, 512]]
     )

@@ -33,6 +33,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -131,6 +132,7 @@ class DistillLoss(nn.Module):
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
         self.estimator = choose_estimator(student, teacher, cfg.kl_estimator)
+        self.scoring_head = floored_head(teacher.head, cfg.teacher_log_scale_min)
         _copy_f0_predictor(teacher, student)
 
     def train(self, mode: bool = True) -> DistillLoss:
@@ -182,7 +184,7 @@ class DistillLoss(nn.Module):
         the student's mean log-density per step, E[log q_t] (minus its entropy rate)."""
         if self.estimator == "sample":
             x, log_q = self.student.rsample_and_log_prob(student_cond)
-            log_p = self.teacher.log_prob(x, teacher_cond)
+            log_p = self.scoring_head.log_prob(self.teacher(x, teacher_cond), x).sum(dim=(1, 2))
             mean_log_q = (log_q / x.shape[-1]).mean()
             return {"kl": mean_log_q - (log_p / x.shape[-1]).mean()}, x, mean_log_q
         x, loc, log_scale, _ = self.student.rsample_with_stats(student_cond)
@@ -190,17 +192,27 @@ class DistillLoss(nn.Module):
         params = self.teacher(x, teacher_cond)
         start = self._first_step(x.shape[-1])
         if self.estimator == "closed_form":
-            mean_p, log_scale_p = self.teacher.head.split(params)
+            mean_p, log_scale_p = self.scoring_head.split(params)
             kl = gaussian_kl(loc, log_scale, mean_p, log_scale_p)[:, 0]
             regulariser = (log_scale - log_scale_p).square()[:, 0]
             losses = {"kl": kl[:, start:].mean(), "log_scale": regulariser[:, start:].mean()}
         else:
             kl = per_step_kl(
-                self.teacher.head, params, self.student.base, loc, log_scale, self.cfg.kl_samples
+                self.scoring_head, params, self.student.base, loc, log_scale, self.cfg.kl_samples
             )
             losses = {"kl": kl[:, start:].mean()}
         entropy = base_entropy(self.student.base.name, log_scale)[:, 0, start:].mean()
         return losses, x, -entropy
+
+
+def floored_head(head: Any, log_scale_min: float) -> Any:
+    """The teacher's output head with its log-scale floor raised to `log_scale_min` (a copy;
+    the head itself, and so the teacher, is unchanged); `head` if that floor is not higher."""
+    if log_scale_min <= head.log_scale_min:
+        return head
+    floored = copy.copy(head)
+    floored.log_scale_min = log_scale_min
+    return floored
 
 
 def _copy_f0_predictor(teacher: nn.Module, student: nn.Module) -> None:
