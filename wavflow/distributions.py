@@ -28,15 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wavflow.nn.precision import at_least_float32
+
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
-
-
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
-    """float32, or float64 if any input is float64: never bfloat16 or float16."""
-    dtype = torch.float32
-    for tensor in tensors:
-        dtype = torch.promote_types(dtype, tensor.dtype)
-    return dtype
 
 
 def _log1mexp(d: Tensor) -> Tensor:
@@ -74,7 +68,7 @@ class GaussianOutput:
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         """Log-density of x (B, 1, T) in nats, per sample: (B, 1, T), in at least float32."""
-        dtype = _compute_dtype(params, x)
+        dtype = at_least_float32(params.dtype, x.dtype)
         mean, log_scale = self.split(params.to(dtype))
         standardised = (x.to(dtype) - mean) * torch.exp(-log_scale)
         return -0.5 * standardised.square() - log_scale - HALF_LOG_TWO_PI
@@ -91,7 +85,7 @@ class GaussianOutput:
 
     def sample(self, params: Tensor, noise: Tensor, temperature: float = 1.0) -> Tensor:
         """x = mean + temperature * scale * noise, clipped to [-1, 1]; (B, 1, T)."""
-        mean, log_scale = self.split(params.to(_compute_dtype(params)))
+        mean, log_scale = self.split(params.to(at_least_float32(params.dtype)))
         return (mean + temperature * torch.exp(log_scale) * noise).clamp(-1.0, 1.0)
 
 
@@ -159,7 +153,7 @@ class LogisticMixtureOutput:
         At a level v_i this is log P_i, the bin's log-mass, the outermost bins holding the
         tails. Computed in at least float32.
         """
-        dtype = _compute_dtype(params, x)
+        dtype = at_least_float32(params.dtype, x.dtype)
         logits, means, log_scales = self.split(params.to(dtype))
         x = x.to(dtype)
         h = self.half_bin
@@ -211,7 +205,7 @@ class LogisticMixtureOutput:
         the bin masses P_i. Temperature scales the logistic's scale; 0 gives the chosen
         component's mean.
         """
-        logits, means, log_scales = self.split(params.to(_compute_dtype(params)))
+        logits, means, log_scales = self.split(params.to(at_least_float32(params.dtype)))
         minus_gumbel, logistic = self.noise_terms(noise).split([self.n_mixtures, 1], dim=1)
         choice = (logits - minus_gumbel).argmax(dim=1, keepdim=True)
         mean = means.gather(1, choice)

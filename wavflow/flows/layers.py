@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from wavflow.flows.base import Flow
 from wavflow.nn.conv import zero_gain_conv
+from wavflow.nn.precision import at_least_float32, full_precision
 from wavflow.nn.wavenet import WaveNetStack
 
 LOG_SCALE_BOUND = 7.0
@@ -84,15 +85,6 @@ class ActNorm(Flow):
         return (x - self.bias) * torch.exp(-self.log_scale), -self._logdet(x)
 
 
-def working_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype for determinants and inverses of a `dtype` weight: at least float32.
-
-    LU, `slogdet` and `inv` have no bfloat16/float16 kernels, and a low-precision inverse would
-    not be an inverse; float64 stays float64 (the tests' dtype).
-    """
-    return torch.promote_types(dtype, torch.float32)
-
-
 class Invertible1x1Conv(Flow):
     """Channel mixing x_t = W z_t at every time step, W starting as a random rotation.
 
@@ -100,8 +92,11 @@ class Invertible1x1Conv(Flow):
     fixed, L unit lower and U strictly upper triangular (Glow), so the log-det is
     T * sum(log_s) with no determinant to compute.
 
-    W, log|det W| and W^-1 are computed in at least float32 (`working_dtype`) and cast to the
-    activations' dtype, so the layer runs when the module is cast to bfloat16. When no gradient
+    W, log|det W| and W^-1 are computed in at least float32 (LU, `slogdet` and `inv` have no
+    bfloat16 kernels, and a low-precision inverse would not be an inverse) and cast to the
+    activations' dtype, so the layer runs when the module is cast to bfloat16. Under autocast
+    the product W z runs in float32 too (`full_precision`), so that x -> z -> x round-trips
+    while the couplings' stacks run in bfloat16. When no gradient
     is needed (`torch.no_grad`, `torch.inference_mode`, frozen weights) they are cached; the
     cache holds a copy of the parameters it was computed from and is used only while they are
     still equal (compared exactly, O(C^2) against the O(C^3) it saves), so training steps,
@@ -137,11 +132,11 @@ class Invertible1x1Conv(Flow):
         return [self.lower, self.upper, self.log_s, self.sign, self.permutation]
 
     def _compute(self) -> tuple[Tensor, Tensor]:
-        """W (C, C) and log|det W| in `working_dtype`, differentiable."""
+        """W (C, C) and log|det W| in at least float32, differentiable."""
         if not self.lu:
-            weight = self.weight.to(working_dtype(self.weight.dtype))
+            weight = self.weight.to(at_least_float32(self.weight.dtype))
             return weight, torch.linalg.slogdet(weight).logabsdet
-        dtype = working_dtype(self.log_s.dtype)
+        dtype = at_least_float32(self.log_s.dtype)
         lower, upper, log_s = (p.to(dtype) for p in (self.lower, self.upper, self.log_s))
         eye = torch.eye(log_s.shape[0], dtype=dtype, device=log_s.device)
         lower = torch.tril(lower, -1) + eye
@@ -172,14 +167,14 @@ class Invertible1x1Conv(Flow):
         return matrices
 
     def weight_and_logabsdet(self) -> tuple[Tensor, Tensor]:
-        """W (C, C) and log|det W| (a scalar), in `working_dtype` of the parameters."""
+        """W (C, C) and log|det W| (a scalar), in at least float32."""
         cached = self._cached()
         if cached is not None:
             return cached["weight"], cached["logabsdet"]
         return self._compute()
 
     def inverse_and_logabsdet(self) -> tuple[Tensor, Tensor]:
-        """W^-1 (C, C) and log|det W| (a scalar), in `working_dtype` of the parameters."""
+        """W^-1 (C, C) and log|det W| (a scalar), in at least float32."""
         cached = self._cached()
         if cached is not None:
             return cached["inverse"], cached["logabsdet"]
@@ -188,12 +183,12 @@ class Invertible1x1Conv(Flow):
 
     def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         weight, logabsdet = self.weight_and_logabsdet()
-        x = torch.matmul(weight.to(z.dtype), z)  # (C, C) @ (B, C, T) -> (B, C, T)
+        x = full_precision(torch.matmul, weight.to(z.dtype), z)  # (C, C) @ (B, C, T) -> (B, C, T)
         return x, (z.shape[-1] * logabsdet).to(z.dtype).expand(z.shape[0])
 
     def inverse(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         inverse_weight, logabsdet = self.inverse_and_logabsdet()
-        z = torch.matmul(inverse_weight.to(x.dtype), x)  # W^-1 x, batched over (B, T)
+        z = full_precision(torch.matmul, inverse_weight.to(x.dtype), x)  # W^-1 x, over (B, T)
         return z, -(z.shape[-1] * logabsdet).to(x.dtype).expand(x.shape[0])
 
 
@@ -255,7 +250,9 @@ class AffineCoupling(Flow):
         self.net = net
 
     def _shift_and_log_scale(self, half: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
-        shift, raw = self.net(half, cond).chunk(2, dim=1)
+        # Under autocast a transform's output may come back in bfloat16; in that dtype exp(-s)
+        # is not 1 / exp(s) and the sum of s (the log-det) is rounded by tens of nats.
+        shift, raw = self.net(half, cond).to(half.dtype).chunk(2, dim=1)
         return shift, soft_clamp(raw, self.log_scale_bound)
 
     def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:

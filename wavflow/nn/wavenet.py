@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from wavflow.nn.conv import PaddedConv1d, ZeroConv1d
+from wavflow.nn.precision import full_precision
 
 
 class ResidualBlock(nn.Module):
@@ -130,8 +131,12 @@ class WaveNetStack(nn.Module):
         return 1 + self.input.context + sum(block.dilated.context for block in self.blocks)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        """(B, in_channels, T), (B, cond_channels, T) -> (B, out_channels, T)."""
-        h = self.input(x)
+        """(B, in_channels, T), (B, cond_channels, T) -> (B, out_channels, T).
+
+        Under autocast the blocks run in bfloat16, but the input conv (which reads audio) and the
+        output conv (a head's parameters) run in float32 (`full_precision`).
+        """
+        h = full_precision(self.input, x)
         skip_sum = 0.0
         for block in self.blocks:
             h, skip = block(h, cond)
@@ -140,4 +145,4 @@ class WaveNetStack(nn.Module):
         hidden = torch.relu(
             self.head_hidden(torch.relu(skip_sum * math.sqrt(1 / len(self.blocks))))
         )
-        return self.head_out(hidden)
+        return full_precision(self.head_out, hidden)
