@@ -45,5 +45,8 @@ if ! "$venv/bin/python" -c "import wavflow, pytest, ruff" 2>/dev/null \
     exit 1
   fi
   "${pip[@]}" -e "$root[dev]"
+  # Export and runtime extras (their tests skip without them): taken when pip can get them.
+  "${pip[@]}" -e "$root[onnx,safetensors]" \
+    || echo "setup: onnx/onnxruntime/safetensors not installable: their tests will skip" >&2
   touch "$venv/.wavflow-installed"
 fi

@@ -1,4 +1,4 @@
-"""Batch synthesis: inputs and failures, chunking, dtypes, TorchScript export."""
+"""Batch synthesis: inputs and failures, mel conventions, chunking, dtypes, TorchScript export."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import torch
 from wavflow.checkpoint import build_student, build_teacher, checkpoint_state, save_checkpoint
 from wavflow.cli import main
 from wavflow.config import load_recipe
-from wavflow.synthesis import SynthesisOptions, export_student, vocode
+from wavflow.export import export_student
+from wavflow.synthesis import SynthesisOptions, vocode
 
 TINY_STUDENTS = {
     "iaf": [
@@ -31,6 +32,14 @@ TINY_STUDENTS = {
         "student.waveglow.channels=8",
         "student.waveglow.group=4",
         "student.waveglow.early_every=4",
+    ],
+    "flowavenet": [
+        'student.kind="flowavenet"',
+        "student.flowavenet.n_blocks=2",
+        "student.flowavenet.flows_per_block=2",
+        "student.flowavenet.n_layers=2",
+        "student.flowavenet.channels=8",
+        "student.flowavenet.blocks_per_split=1",
     ],
     "squeezewave_pitch": [
         'student.kind="squeezewave"',
@@ -77,8 +86,19 @@ def _student(kind: str, tmp_path):
         ],
     )
     torch.manual_seed(0)
-    model = _perturbed(build_student(recipe))
+    model = build_student(recipe)
+    with torch.no_grad():  # data-dependent initialisation (FloWaveNet's ActNorm), as training
+        model.sample(model.condition(torch.randn(2, 20, 16), None, _f0(recipe, 2, 16)))
+    model = _perturbed(model)
     return recipe, model, _save(tmp_path, "student", recipe, model)
+
+
+def _f0(recipe, batch: int, frames: int) -> torch.Tensor | None:
+    """F0 (batch, frames) Hz for pitch students: unvoiced first frames, then 100-300 Hz."""
+    if not recipe.data.harmonics:
+        return None
+    voiced = torch.linspace(100, 300, frames - frames // 4).expand(batch, -1)
+    return torch.cat([torch.zeros(batch, frames // 4), voiced], 1)
 
 
 def test_synthesize_audio_and_mels_reporting_bad_inputs(

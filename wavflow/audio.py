@@ -1,12 +1,16 @@
 """Audio I/O, resampling, mu-law, pre-emphasis and the one log-mel function (pure functions).
 
 Waveforms are float32 in [-1, 1]: numpy `(samples,)` on disk, torch `(B, T)` or `(B, 1, T)` in
-models. Mels are `(B, n_mels, frames)` natural-log magnitudes with `frames = T // hop_length`.
+models. Mels are `(B, n_mels, frames)` natural-log magnitudes with `frames = T // hop_length`;
+`convention_mel` and `from_convention_mel` convert to and from other toolkits' forms (log10,
+normalised by the training split's statistics).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Iterable
 from pathlib import Path
 
 import librosa
@@ -26,11 +30,12 @@ class AudioError(ValueError):
 
 
 def check_features_match(expected: FeatureConfig, found: FeatureConfig, where: str) -> None:
-    """Raise a ValueError listing every setting where `found` (from `where`) differs."""
+    """Raise a ValueError listing every setting where `found` (from `where`) differs; the
+    measured statistics (mel_mean, mel_std) are no settings and may differ."""
     diffs = [
         f"{name}: expected {getattr(expected, name)!r}, {where} has {getattr(found, name)!r}"
-        for name in expected.__dataclass_fields__
-        if getattr(expected, name) != getattr(found, name)
+        for name, setting in expected.__dataclass_fields__.items()
+        if setting.compare and getattr(expected, name) != getattr(found, name)
     ]
     if diffs:
         raise ValueError(
@@ -139,8 +144,17 @@ def stft_magnitude(
     Returns:
         (B, n_fft // 2 + 1, frames) magnitudes.
     """
+    power = _stft_power(audio, n_fft, hop_length, win_length, window, (n_fft - hop_length) // 2)
+    # Clamp before sqrt: the gradient of |z| at 0 is undefined.
+    return power.clamp_min(1e-12).sqrt()
+
+
+def _stft_power(
+    audio: Tensor, n_fft: int, hop_length: int, win_length: int, window: str, pad: int
+) -> Tensor:
+    """|STFT|^2 (B, n_fft // 2 + 1, frames) of (B, T) or (B, 1, T) audio reflect-padded by
+    `pad` samples each side, frames not centred (torch.stft center=False)."""
     audio = audio.reshape(audio.shape[0], -1).float()
-    pad = (n_fft - hop_length) // 2
     # Reflect padding needs pad < T; short clips fall back to zeros.
     mode = "reflect" if audio.shape[-1] > pad else "constant"
     padded = torch.nn.functional.pad(audio[:, None], (pad, pad), mode=mode)[:, 0]
@@ -154,14 +168,40 @@ def stft_magnitude(
         center=False,
         return_complex=True,
     )
-    # Clamp before sqrt: the gradient of |z| at 0 is undefined.
-    return spec.real.square().add(spec.imag.square()).clamp_min(1e-12).sqrt()
+    return spec.real.square().add(spec.imag.square())
+
+
+def _convention_magnitude(audio: Tensor, cfg: FeatureConfig) -> Tensor:
+    """|STFT| (B, n_fft // 2 + 1, T // hop) exactly as `cfg.convention` computes it."""
+    if cfg.convention == "parallel_wavegan":
+        # librosa.stft(center=True): frame j centred on sample j * hop; its last frame (centred
+        # on the sample after the audio) is dropped so that frames = T // hop.
+        frames = audio.shape[-1] // cfg.hop_length
+        power = _stft_power(
+            audio, cfg.n_fft, cfg.hop_length, cfg.win_length, cfg.window, cfg.n_fft // 2
+        )[..., :frames]
+        # A clamp far below the 1e-10 floor keeps the gradient of |z| at 0 finite.
+        return power.clamp_min(1e-24).sqrt()
+    if cfg.convention == "hifigan":
+        pad = (cfg.n_fft - cfg.hop_length) // 2
+        power = _stft_power(audio, cfg.n_fft, cfg.hop_length, cfg.win_length, cfg.window, pad)
+        return (power + 1e-9).sqrt()  # hifi-gan's own epsilon, inside the square root
+    return stft_magnitude(audio, cfg.n_fft, cfg.hop_length, cfg.win_length, cfg.window)
 
 
 def log_mel(audio: Tensor, cfg: FeatureConfig) -> Tensor:
     """The log-mel spectrogram used by data preparation, losses and evaluation (CPU or GPU).
 
-    mel = log(max(M |STFT(preemph(x))|, floor)), M the librosa filterbank.
+    mel = ln(max(M |STFT(preemph(x))|, floor)), M the librosa filterbank, always natural-log
+    inside wavflow (models, losses, prepared data); `convention_mel` writes other toolkits' form.
+    The STFT follows `cfg.convention` (T samples give T // hop frames in every convention):
+
+    - "wavflow": reflect padding of (n_fft - hop) / 2 each side, frames not centred,
+      |z| = sqrt(max(|z|^2, 1e-12)); frame j covers samples [j hop, (j + 1) hop) at its centre.
+    - "hifigan": the same padding, |z| = sqrt(|z|^2 + 1e-9) (jik876/hifi-gan `meldataset.py`).
+    - "parallel_wavegan": `librosa.stft(center=True, pad_mode="reflect")`, frame j centred on
+      sample j hop, the last frame dropped; |z| exact (kan-bayashi/ParallelWaveGAN
+      `logmelfilterbank`, which pads the audio to (T // hop + 1) hop for that frame).
 
     Args:
         audio: (B, T) or (B, 1, T) float in [-1, 1].
@@ -171,9 +211,112 @@ def log_mel(audio: Tensor, cfg: FeatureConfig) -> Tensor:
         (B, n_mels, T // hop_length) natural-log magnitudes.
     """
     audio = preemphasis(audio.reshape(audio.shape[0], -1), cfg.preemphasis)
-    magnitude = stft_magnitude(audio, cfg.n_fft, cfg.hop_length, cfg.win_length, cfg.window)
+    magnitude = _convention_magnitude(audio, cfg)
     basis = torch.from_numpy(_mel_basis(cfg)).to(magnitude.device)
     return torch.matmul(basis, magnitude).clamp_min(cfg.log_floor).log()
+
+
+# Each convention's written mels: "natural-log" (ln), "log10", or "normalised" (by the stats).
+_LOG10_CONVENTIONS = ("parallel_wavegan",)
+
+
+def convention_mel(
+    mel: np.ndarray, cfg: FeatureConfig, normalized: bool | None = None
+) -> np.ndarray:
+    """wavflow's natural-log mels (n_mels, frames) as `cfg.convention`'s toolkit writes them.
+
+    hifigan and wavflow: unchanged. parallel_wavegan: log10(mel) = ln(mel) / ln 10, then
+    (log10 mel - mel_mean) / mel_std per band with the statistics of `wavflow prepare`.
+
+    Args:
+        normalized: normalise by the statistics (default: when the convention does).
+
+    Raises:
+        ValueError: normalisation asked for but `cfg` holds no statistics.
+    """
+    normalized = cfg.normalized if normalized is None else normalized
+    mel = mel / np.log(10.0) if cfg.convention in _LOG10_CONVENTIONS else mel
+    if not normalized:
+        return mel.astype(np.float32)
+    mean, std = normalization_stats(cfg)
+    return ((mel - mean) / std).astype(np.float32)
+
+
+def from_convention_mel(mel: np.ndarray, cfg: FeatureConfig, normalized: bool) -> np.ndarray:
+    """Inverse of `convention_mel`: a mel written in `cfg.convention`'s form (normalised when
+    `normalized`) -> wavflow's natural-log mel (n_mels, frames)."""
+    if normalized:
+        mean, std = normalization_stats(cfg)
+        mel = mel * std + mean
+    mel = mel * np.log(10.0) if cfg.convention in _LOG10_CONVENTIONS else mel
+    return mel.astype(np.float32)
+
+
+def normalization_stats(cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(n_mels, 1) mean and standard deviation, in the convention's log units.
+
+    Raises:
+        ValueError: `cfg` holds no statistics (data not prepared by `wavflow prepare`).
+    """
+    if not cfg.mel_mean:
+        raise ValueError(
+            "normalised mels need the training split's statistics, which these feature settings "
+            "lack: prepare the data with `wavflow prepare` and train on it"
+        )
+    return np.array(cfg.mel_mean)[:, None], np.array(cfg.mel_std)[:, None]
+
+
+def mel_statistics(mels: Iterable[np.ndarray], cfg: FeatureConfig) -> FeatureConfig:
+    """`cfg` with mel_mean and mel_std measured over natural-log mels (n_mels, frames_i), in
+    the convention's log units (log10 for parallel_wavegan), as sklearn's StandardScaler does
+    (population standard deviation over all frames)."""
+    total, squares, count = np.zeros(cfg.n_mels), np.zeros(cfg.n_mels), 0
+    for mel in mels:
+        written = convention_mel(np.asarray(mel, dtype=np.float64), cfg, normalized=False)
+        total += written.sum(axis=1, dtype=np.float64)
+        squares += np.square(written, dtype=np.float64).sum(axis=1)
+        count += written.shape[1]
+    mean = total / max(count, 1)
+    # A constant band (all floor) would give std 0; 1 leaves it centred but unscaled.
+    std = np.sqrt(np.maximum(squares / max(count, 1) - mean**2, 0.0))
+    std = np.where(std > 1e-8, std, 1.0)
+    return dataclasses.replace(cfg, mel_mean=tuple(mean.tolist()), mel_std=tuple(std.tolist()))
+
+
+def mel_form(cfg: FeatureConfig, normalized: bool) -> str:
+    """How a checkpoint with `cfg` expects .npy mels, e.g. "natural-log hifigan mels"."""
+    if normalized:
+        return f"normalised {cfg.convention} mels"
+    scale = "log10" if cfg.convention in _LOG10_CONVENTIONS else "natural-log"
+    return f"{scale} {cfg.convention} mels"
+
+
+def mel_mismatch(mel: np.ndarray, cfg: FeatureConfig, normalized: bool) -> str | None:
+    """A warning when the statistics of a supplied mel (n_mels, frames) do not fit `cfg`.
+
+    The three forms differ clearly in their global mean: normalised mels average 0,
+    natural-log mels the training split's mean m (typically -5 to -7 at a 1e-5 floor) and log10
+    mels m / ln 10. The nearest of the three is the guess; m is taken from the statistics when
+    `cfg` has them, else `TYPICAL_LOG_MEL_MEAN`.
+
+    Returns:
+        "these look like log10 mels; this checkpoint expects natural-log hifigan mels", or None.
+    """
+    natural = float(np.mean(cfg.mel_mean)) if cfg.mel_mean else TYPICAL_LOG_MEL_MEAN
+    if cfg.mel_mean and cfg.convention in _LOG10_CONVENTIONS:
+        natural *= np.log(10.0)  # stored in the convention's (log10) units
+    means = {"normalised": 0.0, "log10": natural / np.log(10.0), "natural-log": natural}
+    found = float(np.mean(mel))
+    guess = min(means, key=lambda form: abs(found - means[form]))
+    expected = mel_form(cfg, normalized)
+    if expected.startswith(guess):
+        return None
+    return f"these look like {guess} mels; this checkpoint expects {expected}"
+
+
+# Mean of natural-log mels (floor 1e-5, peak 0.95) of the built-in corpus: -5.9 at 22.05 kHz,
+# -5.5 at 16 kHz (four 3 s utterances, one per default speaker).
+TYPICAL_LOG_MEL_MEAN = -5.8
 
 
 def estimate_f0(

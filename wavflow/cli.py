@@ -166,13 +166,16 @@ def _add_training_options(command: argparse.ArgumentParser) -> None:
 
 
 def _training_recipe(args: argparse.Namespace):
-    """The recipe of a training command: --recipe, else the run's recipe.toml on --resume."""
+    """The recipe of a training command: --recipe, else the run's recipe.toml on --resume,
+    with the mel statistics of --data (kept in the checkpoints for `synthesize --normalized`)."""
+    from wavflow.data import with_statistics
+
     path = args.recipe
     if path is None and args.resume and (args.out / "recipe.toml").is_file():
         path = args.out / "recipe.toml"
     if path is None:
         raise RecipeError("--recipe is required (or --resume in a run folder with recipe.toml)")
-    return load_recipe(path, args.overrides)
+    return with_statistics(load_recipe(path, args.overrides), args.data)
 
 
 def _run_train_teacher(args: argparse.Namespace) -> int:
@@ -462,21 +465,29 @@ def _run_bench(args: argparse.Namespace) -> int:
 def _add_export(commands: argparse._SubParsersAction) -> None:
     command = commands.add_parser(
         "export",
-        help="export a student to TorchScript for deployment",
-        description="Trace a student checkpoint's sampling path to a TorchScript file that "
-        "torch.jit.load runs without wavflow: inputs (feats (B, n_mels, F), noise z "
-        "(B, 1, F * hop)), plus F0 (B, F) in Hz for pitch-conditioned students; output audio "
-        "(B, F * hop).",
+        help="export a student to TorchScript or ONNX, or any checkpoint to safetensors",
+        description="torchscript and onnx: a student's sampling path, run without wavflow by "
+        "torch.jit.load or onnxruntime: inputs (feats (B, n_mels, F), noise z (B, 1, F * hop)), "
+        "plus F0 (B, F) in Hz for pitch-conditioned students; output audio (B, F * hop); "
+        "batch and length dynamic in ONNX. safetensors: the EMA weights, with the resolved "
+        "recipe in a .json beside them (load_model and synthesize --checkpoint read the pair).",
     )
-    command.add_argument("--checkpoint", type=Path, required=True, help="student checkpoint")
-    command.add_argument("--out", type=Path, required=True, help="TorchScript file to write")
+    command.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint")
+    command.add_argument("--out", type=Path, required=True, help="file to write")
+    command.add_argument(
+        "--format",
+        choices=("torchscript", "onnx", "safetensors"),
+        default="torchscript",
+        help="what to write (default torchscript)",
+    )
     command.set_defaults(run=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from wavflow.synthesis import export_student
+    from wavflow.export import export_student
 
-    print(f"wrote {export_student(args.checkpoint, args.out)}")
+    for path in export_student(args.checkpoint, args.out, args.format):
+        print(f"wrote {path}")
     return 0
 
 

@@ -25,7 +25,16 @@ class RecipeError(ValueError):
 class FeatureConfig:
     """Log-mel settings (`[features]`), stored with prepared data and checkpoints.
 
+    `convention` names how other toolkits write their mels (see `wavflow.audio.log_mel` for
+    the formulas); fmin, fmax and log_floor left unset take that convention's values:
+
+    - "wavflow" and "hifigan": fmin 0, fmax 8000, floor 1e-5 (jik876/hifi-gan's
+      `mel_spectrogram` at 22.05 kHz, 1024/256/1024, 80 bands, the defaults here).
+    - "parallel_wavegan" (also ESPnet): fmin 80, fmax 7600, floor 1e-10, log10 mels,
+      normalised by the training split's per-band mean and standard deviation.
+
     Attributes:
+        convention: "wavflow", "hifigan" or "parallel_wavegan".
         sample_rate: audio rate in Hz.
         n_fft: FFT size in samples.
         hop_length: samples per frame; the models' upsampling factor.
@@ -33,24 +42,39 @@ class FeatureConfig:
         window: "hann" or "hamming".
         n_mels: mel bands.
         fmin, fmax: filterbank range in Hz (fmax <= sample_rate / 2).
-        log_floor: magnitudes are clamped to this before the natural log.
+        log_floor: magnitudes are clamped to this before the log.
         mel_norm: librosa filterbank normalisation: "slaney" or "none".
         preemphasis: coefficient a of y_t = x_t - a x_{t-1} before the STFT (0: off).
+        mel_mean, mel_std: (n_mels,) per-band mean and standard deviation of the training
+            split's natural-log mels, measured by `wavflow prepare` (empty until then). They
+            are measurements, not settings: feature comparisons ignore them.
     """
 
+    convention: str = "wavflow"
     sample_rate: int = 22050
     n_fft: int = 1024
     hop_length: int = 256
     win_length: int = 1024
     window: str = "hann"
     n_mels: int = 80
-    fmin: float = 0.0
-    fmax: float = 8000.0
-    log_floor: float = 1e-5
+    fmin: float | None = None
+    fmax: float | None = None
+    log_floor: float | None = None
     mel_norm: str = "slaney"
     preemphasis: float = 0.0
+    mel_mean: tuple[float, ...] = field(default=(), compare=False)
+    mel_std: tuple[float, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
+        if self.convention not in CONVENTION_DEFAULTS:
+            known = ", ".join(CONVENTION_DEFAULTS)
+            raise RecipeError(f"[features] convention must be one of {known}: {self.convention!r}")
+        # Frozen: fill the convention's values, and make tuples of lists read from TOML/JSON.
+        for name, value in CONVENTION_DEFAULTS[self.convention].items():
+            given = getattr(self, name)
+            object.__setattr__(self, name, float(value if given is None else given))
+        for name in ("mel_mean", "mel_std"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         _require(
             "features",
             [
@@ -61,9 +85,29 @@ class FeatureConfig:
                 (self.mel_norm in ("slaney", "none"), "mel_norm must be 'slaney' or 'none'"),
                 (self.log_floor > 0, "log_floor must be positive"),
                 (0 <= self.preemphasis < 1, "preemphasis must be in [0, 1)"),
+                (
+                    self.convention == "wavflow" or self.preemphasis == 0,
+                    "preemphasis is part of the wavflow convention only",
+                ),
                 ((self.n_fft - self.hop_length) % 2 == 0, "n_fft - hop_length must be even"),
+                (len(self.mel_mean) in (0, self.n_mels), "mel_mean needs one value per band"),
+                (len(self.mel_std) == len(self.mel_mean), "mel_std needs one value per band"),
+                (all(s > 0 for s in self.mel_std), "mel_std must be positive"),
             ],
         )
+
+    @property
+    def normalized(self) -> bool:
+        """Whether this convention's mels are mean-variance normalised (needs the stats)."""
+        return self.convention == "parallel_wavegan"
+
+
+# Per convention: the values of fmin, fmax and log_floor that a recipe leaves unset.
+CONVENTION_DEFAULTS: dict[str, dict[str, float]] = {
+    "wavflow": {"fmin": 0.0, "fmax": 8000.0, "log_floor": 1e-5},
+    "hifigan": {"fmin": 0.0, "fmax": 8000.0, "log_floor": 1e-5},
+    "parallel_wavegan": {"fmin": 80.0, "fmax": 7600.0, "log_floor": 1e-10},
+}
 
 
 @dataclass(frozen=True)

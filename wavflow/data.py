@@ -2,7 +2,8 @@
 
 A prepared dataset is a folder:
 
-    features.json   feature settings (`FeatureConfig`) and the preparation settings
+    features.json   feature settings (`FeatureConfig`, with the training split's mel statistics)
+                    and the preparation settings
     manifest.jsonl  one JSON line per utterance: id, source, samples, frames, split, speaker
     audio/<id>.npy  (samples,) float32 in [-1, 1], samples = frames * hop_length
     mels/<id>.npy   (n_mels, frames) float32 log-mel
@@ -37,10 +38,11 @@ from wavflow.audio import (
     estimate_f0,
     load_audio,
     log_mel,
+    mel_statistics,
     peak_normalize,
     trim_silence,
 )
-from wavflow.config import DataConfig, FeatureConfig, from_dict
+from wavflow.config import DataConfig, FeatureConfig, Recipe, from_dict
 
 
 class DataError(ValueError):
@@ -200,7 +202,30 @@ def prepare_dataset(
     _ensure_validation(records, data)
     _write_text_atomic(out_dir / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     _write_text_atomic(out_dir / "skipped.jsonl", "".join(json.dumps(s) + "\n" for s in skipped))
+    _write_statistics(out_dir, records, features, data)
     return PrepareReport(records, skipped, reused=len(sources) - len(todo))
+
+
+def _write_statistics(
+    out_dir: Path, records: list[dict[str, Any]], features: FeatureConfig, data: DataConfig
+) -> None:
+    """Measure the training split's per-band mel mean and standard deviation (re-measured on
+    every run, so resumed and extended folders stay right) into features.json."""
+    train = [r for r in records if r["split"] == "train"]
+    mels = (np.load(out_dir / "mels" / f"{r['id']}.npy", mmap_mode="r") for r in train)
+    measured = mel_statistics(mels, features)
+    settings = {"features": dataclasses.asdict(measured), "data": dataclasses.asdict(data)}
+    _write_text_atomic(out_dir / "features.json", json.dumps(settings, indent=2))
+
+
+def with_statistics(recipe: Recipe, data_dir: str | Path) -> Recipe:
+    """`recipe` with the mel statistics of the prepared data in `data_dir`, so that runs (and
+    their checkpoints) carry them for `synthesize --normalized`; a recipe that has its own
+    statistics (a run's recipe.toml on resume) keeps them."""
+    if recipe.features.mel_mean:
+        return recipe
+    measured = PreparedData(data_dir, expected=recipe.features).features
+    return dataclasses.replace(recipe, features=measured)
 
 
 def _run_parallel(

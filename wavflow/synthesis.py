@@ -10,6 +10,7 @@ by default), batched over utterances of different lengths.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,17 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from wavflow.audio import AUDIO_SUFFIXES, AudioError, estimate_f0, load_audio, log_mel, save_audio
+from wavflow.audio import (
+    AUDIO_SUFFIXES,
+    AudioError,
+    estimate_f0,
+    from_convention_mel,
+    load_audio,
+    log_mel,
+    mel_mismatch,
+    normalization_stats,
+    save_audio,
+)
 from wavflow.checkpoint import load_model
 from wavflow.config import FeatureConfig
 from wavflow.nn.conditioning import excitation_phase
@@ -42,6 +53,7 @@ class SynthesisOptions:
     max_context_seconds: float = 1.0
     use_ema: bool = True
     progress: bool = True
+    normalized: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -74,12 +86,15 @@ def collect_inputs(inputs: list[Path]) -> list[tuple[Path, Path]]:
 
 
 def features_of(
-    path: Path, features: FeatureConfig, want_f0: bool = False
+    path: Path, features: FeatureConfig, want_f0: bool = False, normalized: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Mel (n_mels, frames) and, when `want_f0`, F0 (frames,) Hz of one input.
 
-    Audio files: both computed (F0 by pyin). Mel arrays (.npy): checked; F0 from a sibling
-    `<name>.f0.npy` when there is one, else None (the model's F0 predictor fills it in).
+    Audio files: both computed (F0 by pyin). Mel arrays (.npy): in the checkpoint's convention
+    (`wavflow.audio.convention_mel`; normalised by its statistics when `normalized`), converted
+    to natural-log mels, with a warning when their statistics suggest another convention; F0
+    from a sibling `<name>.f0.npy` when there is one, else None (the model's F0 predictor fills
+    it in).
 
     Raises:
         AudioError: missing/unreadable file, or a mel (or F0) array of the wrong shape.
@@ -96,6 +111,9 @@ def features_of(
         raise AudioError(
             f"{path}: expected a mel of shape ({features.n_mels}, frames), got {mel.shape}"
         )
+    if (mismatch := mel_mismatch(mel, features, normalized)) is not None:
+        warnings.warn(f"{path}: {mismatch}", stacklevel=2)
+    mel = from_convention_mel(mel, features, normalized)
     f0_path = path.with_name(path.stem + ".f0.npy")
     if not want_f0 or not f0_path.is_file():
         return mel, None
@@ -241,11 +259,13 @@ def synthesize_files(
     device = pick_device(options.device)
     model = prepare_for_inference(model, options.dtype, device)
     features = recipe.features
+    if options.normalized:
+        normalization_stats(features)  # raises before any input is read when there are none
     report = SynthesisReport()
     items = []
     for path, name in collect_inputs(inputs):
         try:
-            items.append((name, *features_of(path, features, has_pitch(model))))
+            items.append((name, *features_of(path, features, has_pitch(model), options.normalized)))
         except AudioError as error:
             report.failed.append((str(path), str(error)))
     items.sort(key=lambda item: item[1].shape[1])
@@ -293,55 +313,3 @@ def _pad_batch(mels: list[np.ndarray], features: FeatureConfig) -> tuple[Tensor,
     for i, mel in enumerate(mels):
         feats[i, :, : mel.shape[1]] = mel
     return torch.from_numpy(feats), frames
-
-
-class _DeployedStudent(nn.Module):
-    """The student's sampling path as one module: (feats (B, n_mels, F), z (B, 1, F * hop)) ->
-    audio (B, F * hop). Noise is an input so that deployments choose their own RNG."""
-
-    def __init__(self, student: nn.Module) -> None:
-        super().__init__()
-        self.student = student
-
-    def forward(self, feats: Tensor, z: Tensor) -> Tensor:
-        x, _ = self.student.flow(z, self.student.condition(feats))
-        return x[:, 0]
-
-
-class _DeployedPitchStudent(_DeployedStudent):
-    """As `_DeployedStudent` for a pitch-conditioned student, with F0 (B, F) in Hz (0 =
-    unvoiced) as a third input."""
-
-    def forward(self, feats: Tensor, z: Tensor, f0: Tensor) -> Tensor:  # type: ignore[override]
-        x, _ = self.student.flow(z, self.student.condition(feats, None, f0))
-        return x[:, 0]
-
-
-def export_student(checkpoint: Path, out_path: Path, example_seconds: float = 1.0) -> Path:
-    """Trace a student checkpoint to TorchScript (`torch.jit.load` needs no wavflow).
-
-    The traced module takes `(feats, z)`, and pitch-conditioned students `(feats, z, f0)`
-    with F0 (B, F) in Hz; lengths must be multiples of the student's time folds (as for the
-    student itself).
-
-    Raises:
-        ValueError: the checkpoint holds a teacher (sequential models are not exported).
-    """
-    model, recipe, state = load_model(checkpoint)
-    if state["kind"] != "student":
-        raise ValueError(f"{checkpoint}: only students are exported, this is a {state['kind']}")
-    features = recipe.features
-    frames = _aligned_frames(model, features, example_seconds)
-    feats = torch.randn(1, features.n_mels, frames)
-    z = torch.randn(1, 1, frames * features.hop_length)
-    inputs: tuple[Tensor, ...] = (feats, z)
-    if has_pitch(model):
-        deployed: nn.Module = _DeployedPitchStudent(model.eval())
-        inputs += (torch.full((1, frames), 150.0),)  # any voiced F0 traces the same graph
-    else:
-        deployed = _DeployedStudent(model.eval())
-    with torch.no_grad():
-        traced = torch.jit.trace(deployed, inputs, check_trace=False)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    traced.save(str(out_path))
-    return out_path
