@@ -4,7 +4,8 @@ A checkpoint is a dict of tensors and plain data only, loaded with `torch.load(w
 
     version, kind ("teacher" | "student"), config (the resolved recipe as nested dicts),
     speakers (names, for speaker ids), model (state_dict), ema (state_dict or None),
-    optimizer (state_dict), step, best_val, rng (torch RNG states), bad_steps
+    optimizer (state_dict), step, best_val, bad_steps,
+    rng ({"torch": [CPU state of each rank], "cuda": [CUDA state of each rank]})
 """
 
 from __future__ import annotations
@@ -77,8 +78,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint without executing pickled code (`weights_only=True`).
+
+    Args:
+        path: the checkpoint file.
+        map_location: where its tensors go (the CPU unless a training device is named).
 
     Raises:
         CheckpointError: missing file, corrupt file, or one holding anything but tensors and
@@ -88,7 +93,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{path}: refused: it holds objects other than tensors and plain data, so loading it "

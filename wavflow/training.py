@@ -3,13 +3,17 @@
 One loop, top to bottom: a loss module turns a batch into named losses; their weighted sum is
 checked for NaN/inf, back-propagated, clipped and stepped; EMA weights follow; logs, validation
 and checkpoints happen at intervals. Runs on CPU or CUDA, alone or under `torchrun` (DDP).
+
+Under DDP every rank starts from rank 0's weights (DDP's broadcast; ActNorm initialises from
+all ranks' first batches), reads its own crops (a function of seed, step and rank) and draws
+its own noise (`rank_seed`); checkpoints hold every rank's RNG state, so a resumed run
+continues bit-identically on each rank.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +30,14 @@ from tqdm import tqdm
 from wavflow.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from wavflow.config import FeatureConfig, Recipe, TrainConfig, dumps_toml, recipe_from_dict, to_dict
 from wavflow.data import PreparedData, SegmentDataset, StepBatchSampler
+from wavflow.distributed import (
+    init_distributed,
+    on_any_rank,
+    pick_device,
+    rank_seed,
+    rng_states,
+    set_rng_states,
+)
 from wavflow.nn.conditioning import aligned_phase
 from wavflow.validation import distillation_metrics, generate_audio, mel_figure
 
@@ -80,24 +92,6 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """ "auto" -> this rank's CUDA device if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def init_distributed(device_name: str) -> tuple[int, int, int]:
-    """Join the process group when launched by `torchrun`; returns (rank, world, local_rank)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1 or dist.is_initialized():
-        return (dist.get_rank(), dist.get_world_size(), 0) if dist.is_initialized() else (0, 1, 0)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_nccl = pick_device(device_name, local_rank).type == "cuda"
-    dist.init_process_group("nccl" if use_nccl else "gloo")
-    return dist.get_rank(), world, local_rank
-
-
 class EMA:
     """Polyak averages of a model's parameters (buffers copied): e = d e + (1 - d) p.
 
@@ -108,6 +102,16 @@ class EMA:
         self.decay = decay
         self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.updates = 0
+
+    @torch.no_grad()
+    def load(self, state: dict[str, Tensor], updates: int) -> None:
+        """Saved averages copied into place (strict keys): they stay on the model's device and
+        in its dtypes wherever the checkpoint was loaded."""
+        if state.keys() != self.state.keys():
+            raise TrainingError("the checkpoint's EMA weights do not fit the model")
+        for key, value in state.items():
+            self.state[key].copy_(value)
+        self.updates = updates
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -165,9 +169,9 @@ def train(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    state = RunState()
+    state, saved_rng = RunState(), None
     if resume and (found := latest_checkpoint(run_dir)) is not None:
-        state = _restore(found, recipe, model, optimizer, ema)
+        state, saved_rng = _restore(found, recipe, model, optimizer, ema, device)
     elif is_main:
         _start_run_dir(run_dir, recipe)
 
@@ -185,6 +189,9 @@ def train(
         batch_sampler=StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, state.step, rank),
         num_workers=recipe.data.num_workers,
         persistent_workers=False,
+        # Its own generator: starting an iterator draws a seed, which from the global RNG would
+        # shift a resumed run's noise by one draw.
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     writer = SummaryWriter(str(run_dir / "tensorboard")) if is_main else None
     log = _Logger(run_dir, writer, is_main)
@@ -192,6 +199,11 @@ def train(
         total=cfg.steps, initial=state.step, desc=objective.kind, disable=not (progress and is_main)
     )
     started, window, window_start = time.monotonic(), [], time.monotonic()
+    # Training draws start here, after the set-up's own (the validation loader's seed).
+    if saved_rng is None:
+        torch.manual_seed(rank_seed(cfg.seed, rank))
+    else:
+        set_rng_states(saved_rng, device, rank, cfg.seed)
 
     for batch in loader:
         if state.step >= cfg.steps:
@@ -221,7 +233,9 @@ def train(
             ema.update(model)
         window.append({k: float(v.detach()) for k, v in losses.items()} | {"grad_norm": grad_norm})
         bar.update()
-        out_of_time = cfg.max_seconds > 0 and time.monotonic() - started > cfg.max_seconds
+        out_of_time = on_any_rank(
+            cfg.max_seconds > 0 and time.monotonic() - started > cfg.max_seconds, device, world
+        )
         last = state.step >= cfg.steps or out_of_time
         if state.step % cfg.log_every == 0 or last:
             rate = len(window) * cfg.batch_size * world * recipe.data.segment_length
@@ -230,24 +244,21 @@ def train(
             log.event(state.step, {f"train/{k}": v for k, v in scalars.items()})
             bar.set_postfix(loss=f"{scalars.get(next(iter(objective.weights)), float('nan')):.3f}")
             window, window_start = [], time.monotonic()
-        if is_main and (state.step % cfg.eval_every == 0 or last):
+        evaluate = state.step % cfg.eval_every == 0 or last
+        checkpoint = state.step % cfg.checkpoint_every == 0 or last
+        # Every rank takes part in gathering the RNG states; only rank 0 writes.
+        rng = rng_states(device, world) if evaluate or checkpoint else {}
+        if is_main and evaluate:
             metrics = _evaluate(objective, ema, val_batches, writer, state.step)
             log.event(state.step, metrics)
             state.history.append({"step": state.step, **metrics})
             value = metrics.get(objective.best_metric, math.inf)
             if value < state.best_val:
                 state.best_val = value
-                _save(run_dir / "best.pt", objective, recipe, speakers, optimizer, ema, state)
-        if is_main and (state.step % cfg.checkpoint_every == 0 or last):
-            _save(
-                run_dir / f"ckpt_{state.step:08d}.pt",
-                objective,
-                recipe,
-                speakers,
-                optimizer,
-                ema,
-                state,
-            )
+                _save(run_dir / "best.pt", objective, recipe, speakers, optimizer, ema, state, rng)
+        if is_main and checkpoint:
+            path = run_dir / f"ckpt_{state.step:08d}.pt"
+            _save(path, objective, recipe, speakers, optimizer, ema, state, rng)
             _prune(run_dir, cfg.keep_last)
         if out_of_time:
             break
@@ -297,7 +308,11 @@ def _evaluate(
     writer: SummaryWriter | None,
     step: int,
 ) -> dict[str, float]:
-    """Validation metrics of the EMA weights (when kept), plus media for TensorBoard."""
+    """Validation metrics of the EMA weights (when kept), plus media for TensorBoard.
+
+    Its random draws (a student's samples) come from a forked RNG, so how often a run validates
+    does not change its training draws.
+    """
     model = objective.model
     device = next(model.parameters()).device
     batches = [
@@ -306,13 +321,15 @@ def _evaluate(
     own = ema.swap_into(model) if ema is not None else None
     was_training = model.training
     model.eval()
+    devices = [device] if device.type == "cuda" else []
     try:
-        metrics = {
-            f"val/{k}" if not k.startswith("val/") else k: v
-            for k, v in objective.validate(model, batches).items()
-        }
-        if writer is not None and objective.media is not None and batches:
-            objective.media(model, batches[0], writer, step)
+        with torch.random.fork_rng(devices):
+            metrics = {
+                f"val/{k}" if not k.startswith("val/") else k: v
+                for k, v in objective.validate(model, batches).items()
+            }
+            if writer is not None and objective.media is not None and batches:
+                objective.media(model, batches[0], writer, step)
     finally:
         model.train(was_training)
         if own is not None:
@@ -328,10 +345,9 @@ def _save(
     optimizer: torch.optim.Optimizer,
     ema: EMA | None,
     state: RunState,
+    rng: dict[str, list[Tensor]],
 ) -> None:
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    """Write a checkpoint; `rng` holds every rank's RNG states (`rng_states`)."""
     save_checkpoint(
         path,
         checkpoint_state(
@@ -353,10 +369,23 @@ def _save(
 
 
 def _restore(
-    path: Path, recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None
-) -> RunState:
-    """Load everything a checkpoint holds so the run continues exactly."""
-    saved = load_checkpoint(path)
+    path: Path,
+    recipe: Recipe,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: EMA | None,
+    device: torch.device,
+) -> tuple[RunState, dict[str, Any]]:
+    """Load what a checkpoint holds so the run continues exactly on `device`.
+
+    The checkpoint is mapped to `device`; the model, optimizer (`load_state_dict` follows each
+    parameter's device) and EMA (`EMA.load`) copy it into their own tensors, so a run saved on
+    one device resumes on another.
+
+    Returns:
+        The run state, and every rank's saved RNG states (for `set_rng_states`).
+    """
+    saved = load_checkpoint(path, map_location=device)
     old = recipe_from_dict(saved["config"])
     for section in ("features", "teacher", "student"):
         if getattr(old, section) != getattr(recipe, section):
@@ -367,17 +396,14 @@ def _restore(
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     if ema is not None and saved.get("ema"):
-        ema.state = saved["ema"]
-        ema.updates = int(saved.get("ema_updates", 0))
-    torch.set_rng_state(saved["rng"]["torch"])
-    if "cuda" in saved["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-    return RunState(
+        ema.load(saved["ema"], int(saved.get("ema_updates", 0)))
+    state = RunState(
         step=int(saved["step"]),
         best_val=float(saved["best_val"]),
         bad_steps=int(saved["bad_steps"]),
         skipped_steps=int(saved.get("skipped_steps", 0)),
     )
+    return state, saved["rng"]
 
 
 def _start_run_dir(run_dir: Path, recipe: Recipe) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from wavflow.flows.base import Flow
@@ -38,6 +39,23 @@ def _zeros(x: Tensor) -> Tensor:
     return x.new_zeros(x.shape[0])
 
 
+def _mean_over_ranks(value: Tensor) -> Tensor:
+    """The mean of `value` over the processes of a DDP run; `value` itself in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / dist.get_world_size()
+
+
+def channel_moments(inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation per channel of (B, C, T) `inputs` over batch, time and, under
+    DDP, every rank's batch (ranks hold equal batches): (1, C, 1) each."""
+    mean = _mean_over_ranks(inputs.mean(dim=(0, 2), keepdim=True))
+    variance = _mean_over_ranks((inputs - mean).square().mean(dim=(0, 2), keepdim=True))
+    return mean, variance.sqrt()
+
+
 class ActNorm(Flow):
     """Per-channel affine map x = z * exp(log_scale) + bias, with data-dependent init.
 
@@ -45,6 +63,11 @@ class ActNorm(Flow):
     call has zero mean and unit variance per channel (over batch and time). `initialized` is a
     persistent buffer: it is saved and loaded with the weights, so a loaded model is not
     re-initialised by its first batch.
+
+    Under DDP the statistics are those of all ranks' batches together (`channel_moments`), so
+    every rank starts from the same parameters: DDP broadcasts parameters only when it wraps
+    the model, before this first call. Every rank must therefore make that first call (the
+    first training step does).
 
     log|det dx/dz| = T * sum_c log_scale_c.
 
@@ -60,9 +83,9 @@ class ActNorm(Flow):
 
     @torch.no_grad()
     def _initialize(self, inputs: Tensor, forward: bool) -> None:
-        mean = inputs.mean(dim=(0, 2), keepdim=True)
+        mean, std = channel_moments(inputs)
         # The floor keeps a constant channel (e.g. all-zero noise) from giving an infinite scale.
-        std = inputs.std(dim=(0, 2), keepdim=True, unbiased=False).clamp_min(1e-6)
+        std = std.clamp_min(1e-6)
         if forward:  # x = (z - mean) / std
             self.log_scale.copy_(-torch.log(std))
             self.bias.copy_(-mean / std)

@@ -1,0 +1,183 @@
+"""DDP on two CPU processes (gloo): ranks stay identical, draw their own noise, resume exactly.
+
+Each test spawns two processes once and runs several short trainings in them (the process
+group is joined once), so that the cost of starting torch is paid once per test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from test_training import STUDENT_SIZES
+from torch import Tensor, nn
+
+from wavflow.checkpoint import build_student, build_teacher, load_checkpoint
+from wavflow.config import Recipe, load_recipe
+from wavflow.distributed import rank_seed
+from wavflow.training import Objective, distillation_objective, likelihood_objective, train
+
+TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny_teacher.toml"
+RUNS = [  # (model, objective): the teacher, every student by maximum likelihood where it can be
+    ("teacher", "mle"),
+    ("waveglow", "mle"),
+    ("flowavenet", "mle"),
+    ("squeezewave", "mle"),
+    ("iaf", "distill"),
+    ("waveglow", "distill"),
+    ("flowavenet", "distill"),
+    ("squeezewave", "distill"),
+]
+
+
+class _RecordingLoss(nn.Module):
+    """The objective's loss, keeping the RNG state at each call: what the noise is drawn from."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.rng = inner, []
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        self.rng.append(torch.get_rng_state())
+        return self.inner(batch)
+
+
+def _recipe(kind: str, steps: int, extra: tuple[str, ...] = ()) -> Recipe:
+    student = [f'student.kind="{kind}"', *STUDENT_SIZES[kind]] if kind != "teacher" else []
+    return load_recipe(
+        TINY,
+        [
+            *student,
+            f"train.steps={steps}",
+            "train.eval_every=1000",
+            "train.val_batches=1",
+            'train.device="cpu"',
+            *extra,
+        ],
+    )
+
+
+def _objective(kind: str, objective: str, recipe: Recipe) -> Objective:
+    """A fresh objective without TensorBoard media (the same weights on every rank)."""
+    torch.manual_seed(recipe.train.seed)
+    if kind == "teacher":
+        built = likelihood_objective("teacher", build_teacher(recipe), recipe.features)
+        return dataclasses.replace(built, loss=_RecordingLoss(built.loss), media=None)
+    student = build_student(recipe)
+    if objective == "mle":
+        built = likelihood_objective("student", student, recipe.features)
+    else:
+        built = distillation_objective(student, build_teacher(recipe), recipe)
+    return dataclasses.replace(built, loss=_RecordingLoss(built.loss), media=None)
+
+
+def _join(rank: int, world: int, port: int) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _every_student_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+    _join(rank, world, port)
+    for kind, name in RUNS:
+        recipe = _recipe(kind, steps=2)
+        objective = _objective(kind, name, recipe)
+        if rank == 1:  # other initial weights: DDP must broadcast rank 0's
+            with torch.no_grad():
+                for parameter in objective.model.parameters():
+                    parameter.add_(0.1)
+        train(objective, recipe, data, Path(out) / f"{kind}_{name}", progress=False)
+        saved = {"state": objective.model.state_dict(), "rng": objective.loss.rng}
+        torch.save(saved, Path(out) / f"{kind}_{name}_rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_every_student_stays_identical_on_both_ranks_and_draws_its_own_noise(
+    prepared_dir, tmp_path
+):
+    args = (2, _free_port(), str(prepared_dir), str(tmp_path))
+    mp.spawn(_every_student_worker, args=args, nprocs=2)
+    for kind, name in RUNS:
+        ranks = [torch.load(tmp_path / f"{kind}_{name}_rank{r}.pt") for r in (0, 1)]
+        first, second = (r["state"] for r in ranks)
+        assert first.keys() == second.keys()
+        for key in first:  # parameters and buffers (ActNorm's flag included)
+            assert torch.equal(first[key], second[key]), (kind, name, key)
+        initial = _objective(kind, name, _recipe(kind, steps=2)).model.state_dict()
+        assert any(not torch.equal(first[k], initial[k]) for k in first), (kind, name)
+        for step, (a, b) in enumerate(zip(ranks[0]["rng"], ranks[1]["rng"])):
+            assert not torch.equal(a, b), f"{kind} {name}: same RNG on both ranks at step {step}"
+
+
+class _CrashError(Exception):
+    """Stands in for a killed process."""
+
+
+class _CrashingLoss(nn.Module):
+    def __init__(self, inner: nn.Module, at_call: int) -> None:
+        super().__init__()
+        self.inner, self.at_call, self.calls = inner, at_call, 0
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        self.calls += 1
+        if self.calls == self.at_call:
+            raise _CrashError
+        return self.inner(batch)
+
+
+def _resume_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+    _join(rank, world, port)
+    checkpoints = ("train.checkpoint_every=2", "train.keep_last=10")
+    recipe = _recipe("flowavenet", steps=4, extra=checkpoints)
+    whole = _objective("flowavenet", "distill", recipe)
+    train(whole, recipe, data, Path(out) / "whole", progress=False)
+    crashing = _objective("flowavenet", "distill", recipe)
+    crashing = dataclasses.replace(crashing, loss=_CrashingLoss(crashing.loss, at_call=4))
+    with contextlib.suppress(_CrashError):  # both ranks fail in step 4, after step 2's checkpoint
+        train(crashing, recipe, data, Path(out) / "killed", progress=False)
+    resumed = _objective("flowavenet", "distill", recipe)
+    train(resumed, recipe, data, Path(out) / "killed", resume=True, progress=False)
+    torch.save(resumed.model.state_dict(), Path(out) / f"resumed_rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_run_resumes_bit_identically_on_both_ranks(prepared_dir, tmp_path):
+    mp.spawn(_resume_worker, args=(2, _free_port(), str(prepared_dir), str(tmp_path)), nprocs=2)
+    whole = load_checkpoint(tmp_path / "whole" / "ckpt_00000004.pt")
+    resumed = load_checkpoint(tmp_path / "killed" / "ckpt_00000004.pt")
+    for part in ("model", "ema"):
+        for key in whole[part]:
+            assert torch.equal(whole[part][key], resumed[part][key]), (part, key)
+    assert len(whole["rng"]["torch"]) == 2
+    for rank in (0, 1):  # each rank's own stream, where the uninterrupted run left it
+        assert torch.equal(whole["rng"]["torch"][rank], resumed["rng"]["torch"][rank]), rank
+    assert not torch.equal(whole["rng"]["torch"][0], whole["rng"]["torch"][1])
+    rank1 = torch.load(tmp_path / "resumed_rank1.pt")
+    for key in rank1:
+        assert torch.equal(rank1[key], resumed["model"][key]), key
+
+
+def test_rank_seeds_differ_from_each_other_and_from_the_seed():
+    seeds = {rank_seed(seed, rank) for seed in (0, 1) for rank in range(4)}
+    assert len(seeds) == 8 and not seeds & set(range(4))
+    assert rank_seed(3, 1) == rank_seed(3, 1)
