@@ -1,4 +1,5 @@
-"""Audio I/O, resampling, mu-law, pre-emphasis and the log-mel against librosa."""
+"""Audio I/O, resampling, mu-law, pre-emphasis, and the log-mel and its conventions against
+independent librosa/numpy computations."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ import torch
 from wavflow.audio import (
     AudioError,
     check_features_match,
+    convention_mel,
+    from_convention_mel,
     load_audio,
     log_mel,
+    mel_mismatch,
+    mel_statistics,
     mulaw_decode,
     mulaw_encode,
     peak_normalize,
@@ -174,3 +179,156 @@ def test_feature_config_rejects_nonsense():
         FeatureConfig(sample_rate=16000, fmax=9000)
     with pytest.raises(RecipeError, match="hop"):
         FeatureConfig(hop_length=2048)
+
+
+def hifigan_reference(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """jik876/hifi-gan `meldataset.mel_spectrogram` in numpy: reflect padding of (n_fft - hop)/2,
+    frames of n_fft not centred, periodic Hann window of win_length centred in the frame,
+    sqrt(|X|^2 + 1e-9), Slaney mel filters, ln(clamp(., 1e-5))."""
+    pad = (cfg.n_fft - cfg.hop_length) // 2
+    frames = librosa.util.frame(
+        np.pad(audio.astype(np.float64), (pad, pad), mode="reflect"),
+        frame_length=cfg.n_fft,
+        hop_length=cfg.hop_length,
+    )  # (n_fft, frames)
+    window = librosa.util.pad_center(
+        librosa.filters.get_window("hann", cfg.win_length), size=cfg.n_fft
+    )
+    spectrum = np.fft.rfft(frames * window[:, None], axis=0)
+    magnitude = np.sqrt(np.abs(spectrum) ** 2 + 1e-9)
+    basis = librosa.filters.mel(
+        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax
+    )
+    return np.log(np.clip(basis @ magnitude, 1e-5, None))
+
+
+def parallel_wavegan_reference(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """kan-bayashi/ParallelWaveGAN `logmelfilterbank`: librosa.stft (centred, reflect), |X|,
+    mel filters, log10(max(., 1e-10)); (n_mels, T // hop + 1) frames, frame j centred on j hop."""
+    stft = librosa.stft(
+        audio.astype(np.float64),
+        n_fft=cfg.n_fft,
+        hop_length=cfg.hop_length,
+        win_length=cfg.win_length,
+        window="hann",
+        pad_mode="reflect",
+    )
+    basis = librosa.filters.mel(
+        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax
+    )
+    return np.log10(np.maximum(1e-10, np.abs(stft).T @ basis.T)).T
+
+
+def _speech_like(rate: int, seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    audio = 0.05 * rng.standard_normal(int(rate * seconds)) + _tone(rate, seconds, 220.0)
+    return audio[: int(rate * seconds) // 256 * 256 + 100].astype(np.float32)  # not frame-aligned
+
+
+def _wavflow_mel(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    return log_mel(torch.from_numpy(audio)[None], cfg)[0].numpy()
+
+
+def test_hifigan_preset_matches_hifigans_mel_spectrogram():
+    cfg = FeatureConfig(convention="hifigan")
+    assert (cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.win_length, cfg.n_mels) == (
+        22050,
+        1024,
+        256,
+        1024,
+        80,
+    )
+    assert (cfg.fmin, cfg.fmax, cfg.log_floor, cfg.mel_norm) == (0.0, 8000.0, 1e-5, "slaney")
+    audio = _speech_like(cfg.sample_rate, 1.0)
+    ours = convention_mel(_wavflow_mel(audio, cfg), cfg)
+    reference = hifigan_reference(audio, cfg)
+    assert ours.shape == reference.shape == (80, len(audio) // 256)
+    assert np.abs(ours - reference).max() < 1e-3
+
+
+def test_parallel_wavegan_preset_matches_its_logmelfilterbank():
+    cfg = FeatureConfig(convention="parallel_wavegan")
+    assert (cfg.fmin, cfg.fmax, cfg.log_floor) == (80.0, 7600.0, 1e-10)
+    audio = _speech_like(cfg.sample_rate, 1.0, seed=1)
+    ours = convention_mel(_wavflow_mel(audio, cfg), cfg, normalized=False)
+    reference = parallel_wavegan_reference(audio, cfg)
+    # Theirs has one frame more, centred on the sample after the audio (which their recipe pads).
+    assert reference.shape == (80, len(audio) // 256 + 1)
+    assert ours.shape == (80, len(audio) // 256)
+    assert np.abs(ours - reference[:, :-1]).max() < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("convention", "centre"), [("wavflow", 128), ("hifigan", 128), ("parallel_wavegan", 0)]
+)
+def test_each_convention_aligns_frame_j_with_its_samples(convention, centre):
+    """A click at sample j0 * hop + centre lands in frame j0 (the frame centred on it)."""
+    cfg = FeatureConfig(convention=convention)
+    audio = np.zeros(40 * 256, np.float32)
+    audio[17 * 256 + centre] = 1.0
+    energy = np.exp(_wavflow_mel(audio, cfg)).sum(axis=0)
+    assert int(np.argmax(energy)) == 17
+    assert energy[16] == pytest.approx(energy[18], rel=0.05)  # symmetric about frame 17
+
+
+def test_mel_statistics_and_normalisation_round_trip():
+    cfg = FeatureConfig(convention="parallel_wavegan")
+    mels = [
+        _wavflow_mel(_speech_like(cfg.sample_rate, s, seed), cfg)
+        for seed, s in [(0, 0.5), (1, 0.8)]
+    ]
+    measured = mel_statistics(mels, cfg)
+    # numpy's own StandardScaler: log10 mels, population std over all frames of all utterances.
+    frames = np.concatenate([m / np.log(10.0) for m in mels], axis=1)
+    assert np.allclose(measured.mel_mean, frames.mean(axis=1), atol=1e-5)
+    assert np.allclose(measured.mel_std, frames.std(axis=1), atol=1e-5)
+    assert measured == cfg  # statistics are measurements, not settings
+    check_features_match(cfg, measured, "the prepared data")
+    normalised = convention_mel(mels[0], measured)
+    assert abs(normalised.mean()) < 1.0
+    assert np.allclose(
+        from_convention_mel(normalised, measured, normalized=True), mels[0], atol=1e-4
+    )
+    with pytest.raises(ValueError, match="statistics"):
+        convention_mel(mels[0], cfg)
+
+
+@pytest.mark.parametrize(
+    ("convention", "written", "normalized", "warning"),
+    [
+        (
+            "hifigan",
+            "log10",
+            False,
+            "these look like log10 mels; this checkpoint expects natural-log hifigan mels",
+        ),
+        ("hifigan", "natural-log", False, None),
+        ("parallel_wavegan", "log10", False, None),
+        ("parallel_wavegan", "normalised", True, None),
+        ("parallel_wavegan", "normalised", False, "these look like normalised mels"),
+        ("parallel_wavegan", "natural-log", True, "these look like natural-log mels"),
+        ("wavflow", "normalised", False, "this checkpoint expects natural-log wavflow mels"),
+    ],
+)
+def test_supplied_mels_of_another_convention_are_named(convention, written, normalized, warning):
+    cfg = FeatureConfig(convention=convention)
+    mels = [_wavflow_mel(_speech_like(cfg.sample_rate, 0.5, seed), cfg) for seed in (0, 1)]
+    cfg = mel_statistics(mels, cfg)
+    mel = mels[1]
+    forms = {
+        "natural-log": mel,
+        "log10": mel / np.log(10.0),
+        "normalised": (mel - mel.mean(axis=1, keepdims=True)) / mel.std(axis=1, keepdims=True),
+    }
+    found = mel_mismatch(forms[written], cfg, normalized)
+    if warning is None:
+        assert found is None
+    else:
+        assert found is not None and warning in found
+
+
+def test_unknown_convention_and_pre_emphasis_outside_wavflow_are_errors():
+    with pytest.raises(RecipeError, match="convention"):
+        FeatureConfig(convention="tacotron")
+    with pytest.raises(RecipeError, match="preemphasis"):
+        FeatureConfig(convention="hifigan", preemphasis=0.97)

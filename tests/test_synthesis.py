@@ -1,21 +1,21 @@
-"""Batch synthesis: inputs and failures, mel conventions, chunking, dtypes, TorchScript export."""
+"""Batch synthesis: inputs and failures, mel conventions, chunking, dtypes."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from test_audio import hifigan_reference, parallel_wavegan_reference
 
+from wavflow.audio import load_audio
 from wavflow.checkpoint import build_student, build_teacher, checkpoint_state, save_checkpoint
 from wavflow.cli import main
 from wavflow.config import load_recipe
-from wavflow.export import export_student
 from wavflow.synthesis import SynthesisOptions, vocode
 
 TINY_STUDENTS = {
@@ -107,7 +107,7 @@ def test_synthesize_audio_and_mels_reporting_bad_inputs(
     wav = sorted(corpus_dir.rglob("*.wav"))[0]
     inputs = tmp_path / "inputs"
     (inputs / "sub").mkdir(parents=True)
-    np.save(inputs / "sub" / "mel.npy", np.random.default_rng(0).normal(-4, 1, (20, 6)))
+    np.save(inputs / "sub" / "mel.npy", np.random.default_rng(0).normal(-6, 1, (20, 6)))
     np.save(inputs / "wrong_bands.npy", np.zeros((40, 6)))
     (inputs / "corrupt.wav").write_bytes(b"nonsense")
     short = tmp_path / "clip.wav"
@@ -141,7 +141,7 @@ def test_pitch_student_reads_f0_files_beside_mels_and_predicts_the_rest(tmp_path
     _, _, checkpoint = _student("squeezewave_pitch", tmp_path)
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    mel = np.random.default_rng(0).normal(-4, 1, (20, 8)).astype(np.float32)
+    mel = np.random.default_rng(0).normal(-6, 1, (20, 8)).astype(np.float32)
     for name, f0 in [("high", 220.0), ("high_again", 220.0), ("low", 110.0), ("bare", None)]:
         np.save(inputs / f"{name}.npy", mel)
         if f0 is not None:
@@ -223,31 +223,107 @@ def test_bf16_students_stay_close_to_fp32(tmp_path):
     assert float((half.float() - full).norm() / full.norm()) < 0.02
 
 
-@pytest.mark.parametrize("kind", ["iaf", "waveglow", "squeezewave_pitch"])
-def test_exported_student_runs_without_wavflow(kind, tmp_path):
-    recipe, model, checkpoint = _student(kind, tmp_path)
-    path = export_student(checkpoint, tmp_path / "student.ts", example_seconds=0.05)
-    feats, z = torch.randn(2, 20, 24), torch.randn(2, 1, 24 * 64)
-    inputs = [feats, z]
-    if recipe.data.harmonics:  # F0 (B, frames) Hz, voiced but for the first frames
-        inputs.append(torch.cat([torch.zeros(2, 4), torch.linspace(100, 300, 20).expand(2, -1)], 1))
-    torch.save(inputs, tmp_path / "inputs.pt")
-    script = textwrap.dedent(f"""
-        import sys, torch
-        sys.modules["wavflow"] = None  # importing wavflow now fails
-        module = torch.jit.load({str(path)!r})
-        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
-        torch.save(module(*inputs), {str(tmp_path / "out.pt")!r})
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+TINY_WAVEGLOW = [  # a tiny coupling student that trains by maximum likelihood in seconds
+    'student.kind="waveglow"',
+    "student.waveglow.n_flows=2",
+    "student.waveglow.n_layers=2",
+    "student.waveglow.channels=8",
+    "student.waveglow.group=4",
+    "student.waveglow.early_every=4",
+    "train.steps=2",
+    "train.eval_every=2",
+    "train.checkpoint_every=2",
+]
+
+
+def _trained_with_convention(convention: str, corpus_dir, tmp_path) -> tuple[Path, Path]:
+    """Prepare the corpus with `convention` and train a tiny student on it for two steps by
+    the CLI; returns (prepared folder, checkpoint)."""
+    from conftest import TINY_TEACHER
+
+    settings = ["--recipe", str(TINY_TEACHER), "--set", f'features.convention="{convention}"']
+    prepared, run = tmp_path / "prepared", tmp_path / "run"
+    assert main(["prepare", str(corpus_dir), str(prepared), *settings, "--quiet"]) == 0
+    overrides = [item for o in TINY_WAVEGLOW for item in ("--set", o)]
+    train = ["train-student", "--objective", "mle", "--data", str(prepared), "--out", str(run)]
+    assert main([*train, *settings, *overrides, "--quiet"]) == 0
+    return prepared, min(run.glob("*.pt"))
+
+
+def _synthesize(checkpoint, inputs, out, *flags) -> list[str]:
+    """Run `wavflow synthesize`; returns the warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        command = ["synthesize", "--checkpoint", str(checkpoint), *map(str, inputs)]
+        assert main([*command, "--out", str(out), "--quiet", *flags]) == 0
+    return [str(w.message) for w in caught if "look like" in str(w.message)]
+
+
+@pytest.mark.slow
+def test_a_hifigan_mel_made_outside_wavflow_is_vocoded(corpus_dir, tmp_path):
+    _, checkpoint = _trained_with_convention("hifigan", corpus_dir, tmp_path)
     from wavflow.checkpoint import load_model
 
-    reference, _, _ = load_model(checkpoint)
-    with torch.no_grad():
-        expected, _ = reference.flow(z, reference.condition(feats, None, *inputs[2:]))
-    assert torch.allclose(torch.load(tmp_path / "out.pt"), expected[:, 0], atol=1e-5)
+    _, recipe, _ = load_model(checkpoint)
+    features = recipe.features
+    assert features.convention == "hifigan"
+    audio = load_audio(sorted(corpus_dir.rglob("*.wav"))[0], features.sample_rate)[:3000]
+    np.save(tmp_path / "theirs.npy", hifigan_reference(audio, features).astype(np.float32))
+    np.save(tmp_path / "log10.npy", hifigan_reference(audio, features) / np.log(10.0))
+    assert _synthesize(checkpoint, [tmp_path / "theirs.npy"], tmp_path / "out") == []
+    written = sf.read(tmp_path / "out" / "theirs.wav")[0]
+    assert len(written) == 3000 // 64 * 64 and np.isfinite(written).all()
+    assert _synthesize(checkpoint, [tmp_path / "log10.npy"], tmp_path / "out") == [
+        f"{tmp_path / 'log10.npy'}: these look like log10 mels; this checkpoint expects "
+        "natural-log hifigan mels"
+    ]
 
 
-def test_export_refuses_a_teacher(teacher_checkpoint, tmp_path):
-    with pytest.raises(ValueError, match="only students"):
-        export_student(teacher_checkpoint, tmp_path / "t.ts")
+@pytest.mark.slow
+def test_normalisation_statistics_round_trip_from_prepare_to_synthesize(corpus_dir, tmp_path):
+    prepared, checkpoint = _trained_with_convention("parallel_wavegan", corpus_dir, tmp_path)
+    from wavflow.checkpoint import load_model
+
+    _, recipe, _ = load_model(checkpoint)
+    features = recipe.features
+    # The training split's statistics, by ParallelWaveGAN's own formula on the prepared audio.
+    records = [json.loads(line) for line in (prepared / "manifest.jsonl").read_text().splitlines()]
+    frames = np.concatenate(
+        [
+            parallel_wavegan_reference(np.load(prepared / "audio" / f"{r['id']}.npy"), features)[
+                :, :-1
+            ]  # the frame past the audio, which wavflow does not make
+            for r in records
+            if r["split"] == "train"
+        ],
+        axis=1,
+    )
+    saved = json.loads((prepared / "features.json").read_text())["features"]
+    assert np.allclose(saved["mel_mean"], features.mel_mean)
+    assert np.allclose(features.mel_mean, frames.mean(axis=1), atol=2e-3)
+    assert np.allclose(features.mel_std, frames.std(axis=1), rtol=2e-3)
+    # One utterance as log10 mels, and normalised: the same audio (same seed) either way.
+    mel = parallel_wavegan_reference(
+        np.load(prepared / "audio" / f"{records[0]['id']}.npy"), features
+    )
+    mean, std = np.array(features.mel_mean)[:, None], np.array(features.mel_std)[:, None]
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "normal").mkdir()
+    np.save(tmp_path / "plain" / "a.npy", mel[:, :-1].astype(np.float32))
+    np.save(tmp_path / "normal" / "a.npy", ((mel[:, :-1] - mean) / std).astype(np.float32))
+    assert _synthesize(checkpoint, [tmp_path / "plain"], tmp_path / "out_plain") == []
+    normal = [tmp_path / "normal"]
+    assert _synthesize(checkpoint, normal, tmp_path / "out_normal", "--normalized") == []
+    plain = sf.read(tmp_path / "out_plain" / "a.wav")[0]
+    assert np.allclose(plain, sf.read(tmp_path / "out_normal" / "a.wav")[0], atol=2e-4)
+    assert "normalised mels" in _synthesize(checkpoint, normal, tmp_path / "out_again")[0]
+
+
+def test_normalized_needs_statistics_in_the_checkpoint(tmp_path):
+    from wavflow.synthesis import synthesize_files
+
+    _, _, checkpoint = _student("iaf", tmp_path)  # saved without prepare's statistics
+    with pytest.raises(ValueError, match="statistics"):
+        synthesize_files(
+            checkpoint, [tmp_path], tmp_path / "out", SynthesisOptions(normalized=True)
+        )

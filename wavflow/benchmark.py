@@ -33,6 +33,8 @@ from wavflow.nn.conv import remove_weight_norm
 from wavflow.teacher import WaveNet
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# onnxruntime rows: students only, fp32, CPU (its bf16 kernels cover few of the students' ops).
+RUNTIMES = ("pytorch", "onnxruntime")
 BENCH_FEATURES = FeatureConfig(sample_rate=22050, n_fft=1024, hop_length=256, win_length=1024)
 STUDENT_PRESETS = {
     "iaf": "parallel_wavenet",
@@ -60,6 +62,7 @@ class BenchRow:
     speedup_vs_naive: float | None = None
     speedup_vs_cached: float | None = None
     quality_log_mel_db_vs_fp32: float | None = None
+    runtime: str = "pytorch"
 
 
 def bench_models(settings: BenchSettings) -> dict[str, nn.Module]:
@@ -101,7 +104,8 @@ def _runner(method: str, model: nn.Module, dtype: torch.dtype) -> Callable[[Tens
         def teacher(feats: Tensor) -> Tensor:
             cond = model.condition(feats)
             generator = torch.Generator().manual_seed(0)
-            return model.generate(cond, generation, generator=generator, weight_dtype=weights)
+            x, _ = model.generate(cond, generation, generator=generator, weight_dtype=weights)
+            return x
 
         return teacher
     from wavflow.synthesis import SynthesisOptions, vocode
@@ -112,6 +116,29 @@ def _runner(method: str, model: nn.Module, dtype: torch.dtype) -> Callable[[Tens
     def student(feats: Tensor) -> Tensor:
         generator = torch.Generator().manual_seed(0)
         return vocode(model, feats.to(dtype), BENCH_FEATURES, options, generator)[:, None]
+
+    return student
+
+
+def _onnx_runner(model: nn.Module, folder: Path) -> Callable[[Tensor], Tensor]:
+    """Mels (B, n_mels, F) -> audio (B, 1, T) by the student exported to ONNX, in onnxruntime
+    on the CPU with torch's thread count; the noise is drawn as the PyTorch runner draws it."""
+    import onnxruntime
+
+    from wavflow.export import write_student
+
+    with torch.inference_mode():  # data-dependent initialisations (ActNorm) happen first
+        model.sample(model.condition(torch.randn(2, BENCH_FEATURES.n_mels, 8)))
+    path = write_student(model, BENCH_FEATURES, folder / "student.onnx", "onnx", 0.05)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, ["CPUExecutionProvider"])
+
+    def student(feats: Tensor) -> Tensor:
+        shape = (feats.shape[0], 1, feats.shape[-1] * BENCH_FEATURES.hop_length)
+        z = model.base.sample(shape, 1.0, torch.Generator().manual_seed(0))
+        audio = session.run(None, {"feats": feats.float().numpy(), "z": z.numpy()})[0]
+        return torch.from_numpy(audio)[:, None]
 
     return student
 
@@ -225,6 +252,7 @@ class BenchSettings:
     threads: int = 0
     teacher_sizes: dict = field(default_factory=dict)
     student_presets: dict = field(default_factory=lambda: dict(STUDENT_PRESETS))
+    runtimes: list[str] = field(default_factory=lambda: ["pytorch"])
 
     def __post_init__(self) -> None:
         known = ["teacher-naive", "teacher-cached", *STUDENTS]
@@ -236,6 +264,11 @@ class BenchSettings:
                 raise ValueError(f"unknown dtype '{dtype}': use {', '.join(DTYPES)}")
         if not self.lengths or not self.batches or min(self.lengths) <= 0:
             raise ValueError("bench lengths and batch sizes must be positive")
+        for runtime in self.runtimes:
+            if runtime not in RUNTIMES:
+                raise ValueError(f"unknown runtime '{runtime}': use {', '.join(RUNTIMES)}")
+        if "onnxruntime" in self.runtimes and self.device != "cpu":
+            raise ValueError("the onnxruntime rows run on the CPU: use --device cpu")
 
 
 QUICK = BenchSettings(
@@ -276,6 +309,8 @@ def run_benchmark(settings: BenchSettings, out_dir: Path, progress: bool = True)
                 )
             if not method.startswith("teacher"):
                 model.to(torch.float32)
+    if "onnxruntime" in settings.runtimes:
+        rows += _onnxruntime_rows(models, settings, device, reference, progress)
     _add_speedups(rows)
     result = {
         "torch": torch.__version__,
@@ -293,7 +328,33 @@ def run_benchmark(settings: BenchSettings, out_dir: Path, progress: bool = True)
     return result
 
 
-def _measure_lengths(method, model, run, batch, dtype_name, settings, device, reference, progress):
+def _onnxruntime_rows(models, settings, device, reference, progress) -> list[BenchRow]:
+    """fp32 rows of every student in onnxruntime, beside (and compared with) PyTorch's."""
+    import tempfile
+
+    rows = []
+    for method in (m for m in settings.methods if not m.startswith("teacher")):
+        with tempfile.TemporaryDirectory() as folder:
+            run = _onnx_runner(models[method], Path(folder))
+            for batch in settings.batches:
+                rows += _measure_lengths(
+                    method,
+                    models[method],
+                    run,
+                    batch,
+                    "fp32",
+                    settings,
+                    device,
+                    reference,
+                    progress,
+                    runtime="onnxruntime",
+                )
+    return rows
+
+
+def _measure_lengths(
+    method, model, run, batch, dtype_name, settings, device, reference, progress, runtime="pytorch"
+):
     rows = []
     flops = None
     naive_rate = None
@@ -336,10 +397,11 @@ def _measure_lengths(method, model, run, batch, dtype_name, settings, device, re
             achieved_gflops=flops * samples / median / 1e9,
             peak_memory_mb=memory,
             extrapolated=extrapolated,
+            runtime=runtime,
         )
         if not extrapolated and not method.startswith("teacher"):
             key = (method, seconds, batch)
-            if dtype_name == "fp32":
+            if dtype_name == "fp32" and runtime == "pytorch":
                 reference[key] = output.float()
             elif key in reference:
                 from wavflow.evaluation import log_mel_distance
@@ -349,7 +411,8 @@ def _measure_lengths(method, model, run, batch, dtype_name, settings, device, re
                 )
         if progress:
             print(
-                f"  {method:16s} {dtype_name} batch {batch:2d} {row.seconds_of_audio:5.2f} s: "
+                f"  {method:16s} {runtime:11s} {dtype_name} batch {batch:2d} "
+                f"{row.seconds_of_audio:5.2f} s: "
                 f"RTF {row.real_time_factor:8.3f}  {row.samples_per_s:10.0f} samples/s"
                 + ("  (extrapolated)" if extrapolated else ""),
                 flush=True,
@@ -386,9 +449,9 @@ def markdown_table(result: dict) -> str:
     lines = [
         f"torch {result['torch']}, {result['device']}, {result['threads']} threads",
         "",
-        "| method | dtype | batch | audio (s) | median (s) | samples/s | RTF | x naive | x cached "
-        "| MFLOP/sample | GFLOP/s | peak MB | log-mel dB vs fp32 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | runtime | dtype | batch | audio (s) | median (s) | samples/s | RTF | x naive "
+        "| x cached | MFLOP/sample | GFLOP/s | peak MB | log-mel dB vs PyTorch fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
 
@@ -396,7 +459,8 @@ def markdown_table(result: dict) -> str:
             return "-" if value is None else format(value, spec)
 
         lines.append(
-            f"| {row['method']}{' (extrapolated)' if row['extrapolated'] else ''} | {row['dtype']} "
+            f"| {row['method']}{' (extrapolated)' if row['extrapolated'] else ''} "
+            f"| {row.get('runtime', 'pytorch')} | {row['dtype']} "
             f"| {row['batch']} | {row['seconds_of_audio']:.2f} | {row['median_s']:.3f} "
             f"| {row['samples_per_s']:.0f} | {row['real_time_factor']:.3f} "
             f"| {fmt(row['speedup_vs_naive'], '.1f')} | {fmt(row['speedup_vs_cached'], '.2f')} "
@@ -423,8 +487,13 @@ def plot_benchmark(result: dict, path: Path) -> None:
     rows = result["rows"]
     dtype = result["settings"]["dtypes"][0]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for method in dict.fromkeys(r["method"] for r in rows):
-        ours = [r for r in rows if r["method"] == method and r["dtype"] == dtype]
+    for method, runtime in dict.fromkeys((r["method"], r.get("runtime", "pytorch")) for r in rows):
+        ours = [
+            r
+            for r in rows
+            if (r["method"], r.get("runtime", "pytorch"), r["dtype"]) == (method, runtime, dtype)
+        ]
+        label = method if runtime == "pytorch" else f"{method} ({runtime})"
         first = [r for r in ours if r["batch"] == min(x["batch"] for x in ours)]
         style = "--" if any(r["extrapolated"] for r in first) else "-"
         left.plot(
@@ -432,7 +501,7 @@ def plot_benchmark(result: dict, path: Path) -> None:
             [r["median_s"] for r in first],
             style,
             marker="o",
-            label=method,
+            label=label,
         )
         longest = max(r["seconds_of_audio"] for r in ours)
         at_longest = sorted(
@@ -443,7 +512,7 @@ def plot_benchmark(result: dict, path: Path) -> None:
             [r["samples_per_s"] for r in at_longest],
             style,
             marker="o",
-            label=method,
+            label=label,
         )
     left.set(
         xscale="log",

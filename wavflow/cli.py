@@ -258,7 +258,9 @@ def _add_synthesize(commands: argparse._SubParsersAction) -> None:
         "checkpoint's feature settings) or mel arrays (.npy, n_mels x frames).",
     )
     command.add_argument("inputs", nargs="+", type=Path, help="audio files, folders or .npy mels")
-    command.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint (.pt)")
+    command.add_argument(
+        "--checkpoint", type=Path, required=True, help="model checkpoint (.pt or .safetensors)"
+    )
     command.add_argument("--out", type=Path, required=True, help="output folder")
     command.add_argument(
         "--method",
@@ -290,6 +292,12 @@ def _add_synthesize(commands: argparse._SubParsersAction) -> None:
         default=10.0,
         help="students synthesise longer inputs in overlapping chunks of this length (default 10)",
     )
+    command.add_argument(
+        "--normalized",
+        action="store_true",
+        help=".npy mels are mean-variance normalised by the checkpoint's training statistics "
+        "(as parallel_wavegan writes them); default: the convention's plain log mels",
+    )
     command.add_argument("--quiet", action="store_true", help="no progress bar")
     command.set_defaults(run=_run_synthesize)
 
@@ -307,6 +315,7 @@ def _run_synthesize(args: argparse.Namespace) -> int:
         chunk_seconds=args.chunk_seconds,
         use_ema=not args.no_ema,
         progress=not args.quiet,
+        normalized=args.normalized,
     )
     report = synthesize_files(args.checkpoint, args.inputs, args.out, options)
     print(f"wrote {len(report.written)} files to {args.out}")
@@ -432,6 +441,11 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         "squeezewave",
     )
     command.add_argument("--repeats", type=int, help="timed repeats per configuration (median)")
+    command.add_argument(
+        "--runtime",
+        help="onnxruntime: also time each student exported to ONNX, fp32 on the CPU, beside "
+        "its PyTorch rows (needs the onnx extra)",
+    )
     command.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
     command.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     command.add_argument(
@@ -457,6 +471,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         changes["methods"] = args.methods.split(",")
     if args.repeats:
         changes["repeats"] = args.repeats
+    if args.runtime:
+        changes["runtimes"] = list(dict.fromkeys(["pytorch", *args.runtime.split(",")]))
     run_benchmark(dataclasses.replace(settings, **changes), args.out)
     print((args.out / "bench.md").read_text())
     return 0

@@ -13,6 +13,7 @@ recipe); `wavflow.checkpoint.load_model` reads the pair without unpickling anyth
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -109,19 +110,30 @@ def export_student(
     model, recipe, state = load_model(checkpoint)
     if state["kind"] != "student":
         raise ValueError(f"{checkpoint}: only students are exported, this is a {state['kind']}")
-    features = recipe.features
-    step = frame_multiple(model, features.hop_length)
+    return [write_student(model, recipe.features, out_path, fmt, example_seconds)]
+
+
+def write_student(
+    student: nn.Module,
+    features: FeatureConfig,
+    out_path: Path,
+    fmt: str,
+    example_seconds: float = 1.0,
+) -> Path:
+    """Write a student (weight norm folded) as "torchscript" or "onnx" (see `export_student`)."""
+    step = frame_multiple(student, features.hop_length)
     seconds_frames = example_seconds * features.sample_rate / features.hop_length
     frames = step * max(1, math.ceil(seconds_frames / step))
     # Batch 2: torch.export would take a batch of 1 for a constant.
-    deployed, inputs = deployed_student(model), example_inputs(model, features, frames, batch=2)
+    deployed = deployed_student(student)
+    inputs = example_inputs(student, features, frames, batch=2)
     if fmt == "torchscript":
         with torch.no_grad():
             traced = torch.jit.trace(deployed, inputs, check_trace=False)
         traced.save(str(out_path))
     else:
         _export_onnx(deployed, inputs, step, features.hop_length, out_path)
-    return [out_path]
+    return out_path
 
 
 def _export_onnx(
@@ -138,6 +150,7 @@ def _export_onnx(
     if len(inputs) == 3:
         shapes["f0"] = {0: batch, 1: frames}
         names.append("f0")
+    deployed = copy.deepcopy(deployed)  # the caller's model keeps its flags as buffers
     _freeze_flags(deployed)
     with torch.no_grad():
         program = torch.export.export(deployed, inputs, dynamic_shapes=shapes)

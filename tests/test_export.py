@@ -1,0 +1,172 @@
+"""Deployment: TorchScript and ONNX students against PyTorch for the same noise, safetensors
+releases loaded without pickle, and the onnxruntime benchmark rows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from test_synthesis import TINY_STUDENTS, _f0, _student, teacher_checkpoint  # noqa: F401
+
+from wavflow.checkpoint import load_model
+from wavflow.cli import main
+from wavflow.export import cummax_by_reduction, export_student
+
+
+def _reference(checkpoint, feats, z, f0) -> torch.Tensor:
+    """The student's own sampling pass in PyTorch, (B, T)."""
+    model, _, _ = load_model(checkpoint)
+    with torch.no_grad():
+        x, _ = model.flow(z, model.condition(feats, None, f0))
+    return x[:, 0]
+
+
+@pytest.mark.parametrize("kind", ["iaf", "waveglow", "squeezewave_pitch"])
+def test_exported_student_runs_without_wavflow(kind, tmp_path):
+    recipe, _, checkpoint = _student(kind, tmp_path)
+    (path,) = export_student(checkpoint, tmp_path / "student.ts", example_seconds=0.05)
+    feats, z, f0 = torch.randn(2, 20, 24), torch.randn(2, 1, 24 * 64), _f0(recipe, 2, 24)
+    inputs = [feats, z] + ([] if f0 is None else [f0])
+    torch.save(inputs, tmp_path / "inputs.pt")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.modules["wavflow"] = None  # importing wavflow now fails
+        module = torch.jit.load({str(path)!r})
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        torch.save(module(*inputs), {str(tmp_path / "out.pt")!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    expected = _reference(checkpoint, feats, z, f0)
+    assert torch.allclose(torch.load(tmp_path / "out.pt"), expected, atol=1e-5)
+
+
+def test_export_refuses_a_teacher(teacher_checkpoint, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="only students"):
+        export_student(teacher_checkpoint, tmp_path / "t.ts")
+    with pytest.raises(ValueError, match="only students"):
+        export_student(teacher_checkpoint, tmp_path / "t.onnx", "onnx")
+
+
+@pytest.mark.parametrize("kind", ["iaf", "waveglow", "flowavenet", "squeezewave_pitch"])
+def test_onnx_student_in_onnxruntime_matches_pytorch(kind, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    recipe, _, checkpoint = _student(kind, tmp_path)
+    path = tmp_path / "student.onnx"
+    code = main(["export", "--checkpoint", checkpoint, "--out", str(path), "--format", "onnx"])
+    assert code == 0
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [node.name for node in session.get_inputs()]
+    assert names == (["feats", "z", "f0"] if recipe.data.harmonics else ["feats", "z"])
+    # Lengths and batch sizes other than the traced example: both axes are dynamic.
+    for batch, frames in [(1, 16), (3, 40)]:
+        generator = torch.Generator().manual_seed(frames)
+        feats = torch.randn(batch, 20, frames, generator=generator) - 5.0
+        z = torch.randn(batch, 1, frames * 64, generator=generator)
+        f0 = _f0(recipe, batch, frames)
+        inputs = {"feats": feats, "z": z} | ({} if f0 is None else {"f0": f0})
+        (audio,) = session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
+        expected = _reference(checkpoint, feats, z, f0).numpy()
+        assert audio.shape == expected.shape == (batch, frames * 64)
+        assert np.abs(audio - expected).max() < 1e-4
+
+
+def test_cummax_by_reduction_is_torch_cummax():
+    x = torch.tensor([[1, 3, 3, 2, 5, 5, -1]])
+    values, indices = cummax_by_reduction(x, -1)
+    assert values.tolist() == [[1, 3, 3, 3, 5, 5, 5]]
+    assert indices.tolist() == [[0, 1, 2, 2, 4, 5, 5]]  # ties: the last index, as torch
+    y = torch.randn(3, 6, 4)
+    expected = torch.cummax(y, dim=1)
+    assert all(map(torch.equal, cummax_by_reduction(y, 1), expected))
+
+
+def test_safetensors_release_loads_without_pickle(tmp_path, monkeypatch):
+    pytest.importorskip("safetensors")
+    recipe, _, checkpoint = _student("waveglow", tmp_path)
+    release = tmp_path / "release" / "waveglow.safetensors"
+    assert (
+        main(
+            ["export", "--checkpoint", checkpoint, "--out", str(release), "--format", "safetensors"]
+        )
+        == 0
+    )
+    described = json.loads(release.with_suffix(".json").read_text())
+    assert described["kind"] == "student" and described["config"]["student"]["kind"] == "waveglow"
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    released, released_recipe, _ = load_model(release)
+    assert released_recipe == recipe
+    monkeypatch.undo()
+    original, _, _ = load_model(checkpoint)
+    for (name, a), (_, b) in zip(original.state_dict().items(), released.state_dict().items()):
+        assert torch.equal(a, b), name
+    mel = np.random.default_rng(0).normal(-6, 1, (20, 12)).astype(np.float32)
+    np.save(tmp_path / "mel.npy", mel)
+    for source, out in [(checkpoint, "from_pt"), (release, "from_release")]:
+        assert (
+            main(
+                [
+                    "synthesize",
+                    "--checkpoint",
+                    str(source),
+                    str(tmp_path / "mel.npy"),
+                    "--out",
+                    str(tmp_path / out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+    assert np.array_equal(
+        sf.read(tmp_path / "from_pt" / "mel.wav")[0],
+        sf.read(tmp_path / "from_release" / "mel.wav")[0],
+    )
+
+
+def test_a_release_without_its_json_is_refused(tmp_path):
+    pytest.importorskip("safetensors")
+    from wavflow.checkpoint import CheckpointError
+
+    _, _, checkpoint = _student("iaf", tmp_path)
+    release = tmp_path / "iaf.safetensors"
+    export_student(checkpoint, release, "safetensors")
+    release.with_suffix(".json").unlink()
+    with pytest.raises(CheckpointError, match="iaf.json"):
+        load_model(release)
+
+
+def test_benchmark_has_onnxruntime_rows_beside_pytorch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from wavflow.benchmark import BenchSettings, run_benchmark
+
+    settings = BenchSettings(
+        lengths=[0.02],
+        batches=[1],
+        dtypes=["fp32"],
+        methods=["iaf"],
+        repeats=1,
+        student_presets={"iaf": "tiny"},
+        runtimes=["pytorch", "onnxruntime"],
+    )
+    rows = run_benchmark(settings, tmp_path, progress=False)["rows"]
+    assert [row["runtime"] for row in rows] == ["pytorch", "onnxruntime"]
+    onnx_row = rows[1]
+    assert onnx_row["median_s"] > 0 and onnx_row["flops_per_sample"] == rows[0]["flops_per_sample"]
+    # The same noise: onnxruntime's audio is PyTorch's, so their log-mels agree.
+    assert onnx_row["quality_log_mel_db_vs_fp32"] < 0.01
+    assert "| iaf | onnxruntime | fp32 |" in (tmp_path / "bench.md").read_text()
+    with pytest.raises(ValueError, match="unknown runtime"):
+        BenchSettings(
+            lengths=[1.0], batches=[1], dtypes=["fp32"], methods=["iaf"], runtimes=["tvm"]
+        )
