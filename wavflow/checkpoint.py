@@ -127,13 +127,19 @@ def checkpoint_state(
 def load_model(
     path: str | Path, use_ema: bool = True, for_inference: bool = True
 ) -> tuple[nn.Module, Recipe, dict[str, Any]]:
-    """Rebuild the model a checkpoint holds, strict keys, EMA weights where kept.
+    """Rebuild the model a checkpoint (or a .safetensors release) holds, strict keys, EMA
+    weights where kept.
 
     Returns:
         (model in eval mode with weight norm folded when `for_inference`, its recipe, the raw
         checkpoint dict).
     """
-    state = load_checkpoint(path)
+    if Path(path).suffix == ".safetensors":  # a release pair: no pickle at all
+        from wavflow.export import read_release
+
+        state = read_release(Path(path))
+    else:
+        state = load_checkpoint(path)
     recipe = recipe_from_dict(state["config"])
     model = build_model(state["kind"], recipe, speaker_count(recipe, state.get("speakers", [])))
     weights = state["ema"] if use_ema and state.get("ema") else state["model"]
