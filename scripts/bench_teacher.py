@@ -26,7 +26,7 @@ import torch
 from wavflow.benchmark import BENCH_FEATURES
 from wavflow.benchmark import DTYPES as BENCH_DTYPES
 from wavflow.config import TeacherConfig
-from wavflow.nn.incremental import IncrementalWaveNet, kernel_cache_dir, kernel_error
+from wavflow.generation import IncrementalWaveNet, kernel_cache_dir, kernel_error
 from wavflow.teacher import WaveNet
 
 SAMPLE_RATE = BENCH_FEATURES.sample_rate

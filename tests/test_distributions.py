@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wavflow.distributions import GaussianOutput, LogisticMixtureOutput
-from wavflow.nn.incremental import IncrementalWaveNet, load_kernel
+from wavflow.generation import IncrementalWaveNet, load_kernel
 from wavflow.teacher import WaveNet
 
 FLOORS = (-7.0, -14.0)

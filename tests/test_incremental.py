@@ -7,9 +7,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from wavflow.nn import incremental
+from wavflow.generation import IncrementalWaveNet, eager, kernel, load_kernel
 from wavflow.nn.conv import add_weight_norm, remove_weight_norm
-from wavflow.nn.incremental import IncrementalWaveNet, load_kernel
 from wavflow.teacher import WaveNet
 
 HEADS = ("mol", "gaussian")
@@ -58,7 +57,7 @@ def make_inputs(
 
 def require_kernel() -> None:
     if load_kernel() is None:
-        pytest.skip(f"C++ kernel unavailable: {incremental.kernel_error()}")
+        pytest.skip(f"C++ kernel unavailable: {kernel.kernel_error()}")
 
 
 def alive_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
@@ -73,7 +72,7 @@ def test_cached_equals_naive(output: str) -> None:
     x = {
         method: teacher.generate(
             cond, method=method, generator=torch.Generator().manual_seed(5), temperature=0.8
-        )
+        )[0]
         for method in ("cached", "naive")
     }
     assert x["cached"].shape == (2, 1, LENGTH)
@@ -112,7 +111,7 @@ def test_lengths_match_items_alone(output: str) -> None:
             cond[item : item + 1, :, :n], teacher.head, noise[item : item + 1, :, :n]
         )
         torch.testing.assert_close(x[item : item + 1, :, :n], alone, rtol=0, atol=1e-12)
-    naive = teacher.generate(cond, method="naive", noise=noise, lengths=lengths)
+    naive = teacher.generate(cond, method="naive", noise=noise, lengths=lengths)[0]
     torch.testing.assert_close(x, naive, rtol=0, atol=1e-10)
 
 
@@ -137,15 +136,15 @@ def test_weight_norm_folded_and_stack_untouched(output: str) -> None:
     assert hasattr(teacher.stack.blocks[0].dilated, "parametrizations")
     cond, noise = make_inputs(teacher, 2)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    cached = teacher.generate(cond, method="cached", noise=noise)
-    naive = teacher.generate(cond, method="naive", noise=noise)
+    cached = teacher.generate(cond, method="cached", noise=noise)[0]
+    naive = teacher.generate(cond, method="naive", noise=noise)[0]
     torch.testing.assert_close(cached, naive, rtol=0, atol=1e-10)
     after = teacher.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     remove_weight_norm(teacher)
     torch.testing.assert_close(
-        teacher.generate(cond, method="cached", noise=noise), cached, rtol=0, atol=1e-10
+        teacher.generate(cond, method="cached", noise=noise)[0], cached, rtol=0, atol=1e-10
     )
 
 
@@ -156,7 +155,7 @@ def test_chunked_cond_projection(output: str, monkeypatch: pytest.MonkeyPatch) -
     model = IncrementalWaveNet(teacher.stack, backend="eager")
     whole = model.generate(cond, teacher.head, noise, return_params=True)
     # A few steps per chunk: chunk edges fall inside the sequence.
-    monkeypatch.setattr(incremental, "COND_CHUNK_FLOATS", 2 * 5 * 4 * 16)
+    monkeypatch.setattr(eager, "COND_CHUNK_FLOATS", 2 * 5 * 4 * 16)
     chunked = model.generate(cond, teacher.head, noise, return_params=True)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
 
@@ -189,7 +188,7 @@ def test_pitch_excitation_moves_the_location(output: str, backend: str) -> None:
     )
     tolerance = 1e-10 if dtype == torch.float64 else 2e-5
     torch.testing.assert_close(params, teacher(x, cond), rtol=0, atol=tolerance)
-    naive = teacher.generate(cond, method="naive", noise=noise, temperature=0.9)
+    naive = teacher.generate(cond, method="naive", noise=noise, temperature=0.9)[0]
     torch.testing.assert_close(x, naive, rtol=0, atol=tolerance)
     with pytest.raises(ValueError, match="excitation"):
         model.generate(cond, teacher.head, noise)
@@ -235,10 +234,10 @@ def test_cpp_teacher_generate_and_chunks(output: str, monkeypatch: pytest.Monkey
     require_kernel()
     teacher = make_teacher(output, torch.float32, n_cycles=1)
     cond, noise = make_inputs(teacher, 3, length=70)
-    cached = teacher.generate(cond, method="cached", noise=noise)  # "auto" picks the kernel
-    naive = teacher.generate(cond, method="naive", noise=noise)
+    cached = teacher.generate(cond, method="cached", noise=noise)[0]  # "auto" picks the kernel
+    naive = teacher.generate(cond, method="naive", noise=noise)[0]
     torch.testing.assert_close(cached, naive, rtol=0, atol=2e-5)
-    monkeypatch.setattr(incremental, "KERNEL_CHUNK_FLOATS", 2 * 5 * 4 * 64)  # 5-step chunks
+    monkeypatch.setattr(kernel, "KERNEL_CHUNK_FLOATS", 2 * 5 * 4 * 64)  # 5-step chunks
     model = IncrementalWaveNet(teacher.stack, backend="cpp", threads=2)
     torch.testing.assert_close(model.generate(cond, teacher.head, noise), cached, rtol=0, atol=2e-5)
 
@@ -258,7 +257,7 @@ def test_cpp_threads_drop_to_one(solo_from: int, monkeypatch: pytest.MonkeyPatch
         skip_channels=64,
     )
     cond, noise = make_inputs(teacher, 1, length=60)
-    monkeypatch.setattr(incremental, "_SOLO_FROM_STEP", solo_from)
+    monkeypatch.setattr(kernel, "_SOLO_FROM_STEP", solo_from)
     model = IncrementalWaveNet(teacher.stack, backend="cpp", threads=2)
     x, params = model.generate(cond, teacher.head, noise, return_params=True)
     torch.testing.assert_close(params, teacher(x, cond), rtol=0, atol=2e-5)
@@ -292,7 +291,7 @@ def test_profile_kernel_sections() -> None:
     cond, noise = make_inputs(teacher, 2)
     model = IncrementalWaveNet(teacher.stack, backend="cpp")
     sections = model.profile_kernel(cond, teacher.head, noise)
-    assert list(sections) == list(incremental.KERNEL_SECTIONS)
+    assert list(sections) == list(kernel.KERNEL_SECTIONS)
     assert all(value >= 0 for value in sections.values()) and sum(sections.values()) > 0
 
 
@@ -301,8 +300,8 @@ def test_falls_back_to_eager_without_compiler(
 ) -> None:
     monkeypatch.setenv("CXX", "no-such-compiler-wavflow")
     monkeypatch.setenv("WAVFLOW_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(incremental, "_KERNEL", None)
-    monkeypatch.setattr(incremental, "_KERNEL_ERROR", None)
+    monkeypatch.setattr(kernel, "_KERNEL", None)
+    monkeypatch.setattr(kernel, "_KERNEL_ERROR", None)
     teacher = make_teacher("mol", torch.float32)
     cond, noise = make_inputs(teacher, 2)
     with pytest.warns(RuntimeWarning, match="using the eager path"):
@@ -376,9 +375,9 @@ def test_envelope_cached_equals_naive_and_teacher_forced(output: str, pitch: boo
     )
     # The teacher's own paths: the naive loop, and the cached one that passes the level itself.
     common = dict(noise=inputs["noise"], temperature=0.9, lengths=inputs["lengths"])
-    naive = teacher.generate(inputs["cond"], method="naive", **common)
+    naive = teacher.generate(inputs["cond"], method="naive", **common)[0]
     torch.testing.assert_close(naive, x, rtol=0, atol=1e-10)
-    cached = teacher.generate(inputs["cond"], method="cached", **common)
+    cached = teacher.generate(inputs["cond"], method="cached", **common)[0]
     torch.testing.assert_close(cached, x, rtol=0, atol=1e-10)
     # Without the level the stack would read x instead of y: different samples.
     plain = IncrementalWaveNet(teacher.stack).generate(

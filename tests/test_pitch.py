@@ -101,7 +101,7 @@ def test_pitch_teacher_is_causal_and_naive_matches_teacher_forcing():
         torch.randn(1, 8, 3, dtype=torch.float64),
         f0=torch.tensor([[120.0, 0.0, 180.0]], dtype=torch.float64),
     )
-    generated = model.generate(cond, "naive", temperature=0.0)
+    generated, _ = model.generate(cond, "naive", temperature=0.0)
     params = model(generated, cond)
     mean, _ = model.head.split(params)
     assert torch.allclose(generated, mean.clamp(-1, 1), atol=1e-9)

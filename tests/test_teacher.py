@@ -109,7 +109,12 @@ def test_sampling_follows_noise_and_temperature(output):
     a, b = head.sample(params, noise, 1.0), head.sample(params, noise, 1.0)
     assert torch.equal(a, b) and a.shape == (2, 1, 5) and a.abs().max() <= 1
     cold = head.sample(params, noise, 0.0)
-    assert torch.equal(cold, head.sample(params, noise * 0 + noise, 0.0))
+    # Temperature 0 ignores the draw's own noise (the last channel; the mixture's component
+    # choice still follows its Gumbel channels), temperature 1 does not.
+    other = noise.clone()
+    other[:, -1:] = head.draw_noise(2, 5, torch.Generator().manual_seed(1)).double()[:, -1:]
+    assert torch.equal(cold, head.sample(params, other, 0.0))
+    assert not torch.equal(a, head.sample(params, other, 1.0))
     assert not torch.equal(cold, a)
 
 
@@ -125,12 +130,13 @@ def test_log_prob_is_total_over_steps():
 def test_naive_generation_shapes_and_lengths():
     model = tiny_teacher("gaussian")
     cond = model.condition(torch.randn(2, 8, 5, dtype=torch.float64))
-    x = model.generate(
+    x, state = model.generate(
         cond,
         method="naive",
         generator=torch.Generator().manual_seed(0),
         lengths=torch.tensor([20, 12]),
     )
+    assert state is None  # the naive reference keeps no incremental state
     assert x.shape == (2, 1, 20)
     assert x[1, 0, 12:].abs().sum() == 0 and x[1, 0, :12].abs().sum() > 0
     with pytest.raises(ValueError, match="unknown generation method"):
@@ -264,7 +270,7 @@ def test_envelope_makes_silence_quiet_at_init(output):
     for envelope in (True, False):
         model = tiny_teacher(output, envelope=envelope, log_scale_min=-14.0)
         cond = model.condition(feats)
-        x = model.generate(cond, method="naive", generator=torch.Generator().manual_seed(0))
+        x, _ = model.generate(cond, method="naive", generator=torch.Generator().manual_seed(0))
         rms[envelope] = [float(x[0, 0, part].square().mean().sqrt()) for part in (quiet, loud)]
     assert rms[True][0] < 1e-4 and rms[True][1] > 0.05
     assert rms[False][0] > 0.1

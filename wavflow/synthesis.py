@@ -167,7 +167,7 @@ def vocode(
         lengths = None if frames is None else torch.tensor(frames) * features.hop_length
         cond = model.condition(feats, None, f0)
         weights = DTYPES[options.dtype] if options.dtype != "fp32" else None
-        x = model.generate(
+        x, _ = model.generate(
             cond, options.method, options.temperature, generator, lengths, weight_dtype=weights
         )
         return x[:, 0]

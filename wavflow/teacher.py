@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wavflow.distributions import build_output, shift_by_excitation
+from wavflow.generation import GenerationState, IncrementalWaveNet
 from wavflow.nn.conditioning import Conditioner
 from wavflow.nn.wavenet import WaveNetStack
 
@@ -157,6 +158,20 @@ class WaveNet(nn.Module):
         """Total log-density of x (B, 1, T) in nats: (B,)."""
         return self.log_prob_per_step(x, cond).sum(dim=-1)
 
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> GenerationState:
+        """The cached generation state before the first sample of B utterances (all zeros),
+        in the compute dtype of this model's weights (float64 stays float64, else float32)."""
+        (kernel_size,) = self.stack.blocks[0].dilated.kernel_size
+        dtype = next(self.stack.parameters()).dtype
+        return GenerationState.zeros(
+            batch,
+            [(kernel_size - 1) * d + 1 for d in self.stack.dilations],
+            self.stack.input.out_channels,
+            self.stack.input.kernel_size[0],
+            device,
+            torch.float64 if dtype == torch.float64 else torch.float32,
+        )
+
     @torch.no_grad()
     def generate(
         self,
@@ -167,22 +182,31 @@ class WaveNet(nn.Module):
         lengths: Tensor | None = None,
         noise: Tensor | None = None,
         weight_dtype: torch.dtype | None = None,
-    ) -> Tensor:
-        """Sample audio one step at a time.
+        state: GenerationState | None = None,
+    ) -> tuple[Tensor, GenerationState | None]:
+        """Sample audio one step at a time, continuing from `state`.
+
+        Generating T1 samples and then, from the state returned, T2 more gives the samples of
+        one call on T1 + T2 (for the same noise: pass `noise` in slices, since a `generator`
+        draws each call's noise afresh).
 
         Args:
-            cond: (B, C, T) conditioning from `condition`.
+            cond: (B, C, T) conditioning from `condition` (its slice for this chunk).
             method: "cached" (per-layer queues, O(layers) per step) or "naive" (the stack over the
-                receptive-field window at every step, the textbook reference).
+                receptive-field window at every step, the textbook reference; it keeps no state,
+                so it starts every call afresh).
             temperature: scale of the sampling noise (0: the mode path of the chosen component).
             generator: RNG for the noise; the same seed gives the same samples for both methods.
             lengths: (B,) samples to generate per item (default T); later samples are 0.
             noise: pre-drawn noise (B, head.noise_channels, T) instead of `generator`.
             weight_dtype: storage dtype of the cached path's weights (e.g. torch.bfloat16 to
                 halve their memory traffic; activations stay float32); None: the model's.
+            state: where the cached path continues (`initial_state`, or the state a previous
+                call returned); None: the start of the utterances.
 
         Returns:
-            (B, 1, T) float waveform in [-1, 1].
+            (B, 1, T) float waveform in [-1, 1], and the state after each row's length (None for
+            the naive method).
         """
         batch, _, length = cond.shape
         if noise is None:
@@ -190,27 +214,26 @@ class WaveNet(nn.Module):
         if lengths is None:
             lengths = torch.full((batch,), length, dtype=torch.long)
         if method == "naive":
-            x = self._generate_naive(cond, noise, temperature, lengths)
-        elif method == "cached":
-            from wavflow.nn.incremental import IncrementalWaveNet
-
-            cached = IncrementalWaveNet(self.stack, dtype=weight_dtype)
-            excitation = self.conditioner.excitation(cond)
-            level = self.log_level(cond)
-            x = cached.generate(
-                cond,
-                self.head,
-                noise,
-                temperature,
-                lengths,
-                excitation=excitation,
-                log_level=None if level is None else level[:, 0],  # (B, 1, T) -> (B, T)
-            )
-        else:
+            if state is not None:
+                raise ValueError("the naive method keeps no state: use method='cached'")
+            return self._generate_naive(cond, noise, temperature, lengths), None
+        if method != "cached":
             raise ValueError(
                 f"unknown generation method '{method}': use one of {GENERATION_METHODS}"
             )
-        return x
+        cached = IncrementalWaveNet(self.stack, dtype=weight_dtype)
+        level = self.log_level(cond)
+        chunk = cached.generate_chunk(
+            cond,
+            self.head,
+            noise,
+            state,
+            temperature,
+            lengths,
+            excitation=self.conditioner.excitation(cond),
+            log_level=None if level is None else level[:, 0],  # (B, 1, T) -> (B, T)
+        )
+        return chunk.x, chunk.state
 
     def _generate_naive(
         self, cond: Tensor, noise: Tensor, temperature: float, lengths: Tensor

@@ -38,7 +38,8 @@ def generate_audio(
     pitch-conditioned models): sequential for the teacher, one parallel pass for a student."""
     cond = model.condition(feats, speaker, f0)
     if isinstance(model, WaveNet):
-        return model.generate(cond, method=method, temperature=temperature, generator=generator)
+        x, _ = model.generate(cond, method=method, temperature=temperature, generator=generator)
+        return x
     return model.sample(cond, temperature=temperature, generator=generator)
 
 
