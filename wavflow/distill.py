@@ -229,7 +229,7 @@ def choose_estimator(student: nn.Module, teacher: WaveNet, requested: str) -> st
     Raises:
         ValueError: naming the estimator and why it does not apply.
     """
-    is_iaf = hasattr(student, "rsample_with_stats")
+    is_iaf = student.capabilities.location_scale
     gaussian_pair = (
         is_iaf and student.base.name == "gaussian" and isinstance(teacher.head, GaussianOutput)
     )

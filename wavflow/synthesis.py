@@ -33,7 +33,6 @@ from wavflow.audio import (
 from wavflow.checkpoint import load_model
 from wavflow.config import FeatureConfig
 from wavflow.nn.conditioning import excitation_phase
-from wavflow.teacher import WaveNet
 from wavflow.training import pick_device
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -135,14 +134,14 @@ def _load_array(path: Path) -> np.ndarray:
 
 def has_pitch(model: nn.Module) -> bool:
     """Whether the model is conditioned on a harmonic excitation from F0."""
-    return bool(getattr(getattr(model, "conditioner", None), "n_harmonics", 0))
+    return model.capabilities.takes_pitch
 
 
 def prepare_for_inference(model: nn.Module, dtype: str, device: torch.device) -> nn.Module:
     """Eval mode on `device`; students are cast to `dtype` (the teacher keeps float32
     activations and takes bf16 weights inside its cached path)."""
     model = model.eval().to(device)
-    return model if isinstance(model, WaveNet) else model.to(DTYPES[dtype])
+    return model if model.capabilities.sequential else model.to(DTYPES[dtype])
 
 
 @torch.inference_mode()
@@ -163,7 +162,7 @@ def vocode(
     """
     if has_pitch(model) and f0 is None:
         f0 = predict_f0(model, feats)
-    if isinstance(model, WaveNet):
+    if model.capabilities.sequential:
         lengths = None if frames is None else torch.tensor(frames) * features.hop_length
         cond = model.condition(feats, None, f0)
         weights = DTYPES[options.dtype] if options.dtype != "fp32" else None
@@ -178,7 +177,8 @@ def vocode(
     shape = (feats.shape[0], 1, total)
     z = model.base.sample(shape, options.temperature, generator, device=feats.device).to(dtype)
     # Some students are faster in short chunks (their activations then stay in cache).
-    seconds = min(options.chunk_seconds, getattr(model, "chunk_seconds", options.chunk_seconds))
+    preferred = model.capabilities.chunk_seconds
+    seconds = options.chunk_seconds if preferred is None else min(options.chunk_seconds, preferred)
     chunk = _aligned_frames(model, features, seconds)
     if feats.shape[-1] <= chunk:
         x, _ = model.flow(z, model.condition(feats, None, f0))
@@ -188,7 +188,7 @@ def vocode(
 
 
 def _context_seconds(model: nn.Module, features: FeatureConfig, options: SynthesisOptions) -> float:
-    field_samples = getattr(model, "receptive_field", None)
+    field_samples = model.capabilities.receptive_field
     if field_samples is None:
         return options.max_context_seconds
     return min(options.max_context_seconds, field_samples / features.sample_rate)
@@ -196,7 +196,7 @@ def _context_seconds(model: nn.Module, features: FeatureConfig, options: Synthes
 
 def _aligned_frames(model: nn.Module, features: FeatureConfig, seconds: float) -> int:
     """`seconds` in frames, rounded up to what the student's time folds need."""
-    multiple = math.lcm(features.hop_length, getattr(model, "time_multiple", 1))
+    multiple = math.lcm(features.hop_length, model.capabilities.time_multiple)
     step = multiple // features.hop_length
     frames = math.ceil(seconds * features.sample_rate / features.hop_length)
     return max(step, math.ceil(frames / step) * step)
@@ -216,9 +216,11 @@ def _vocode_chunks(
     padded (mel edge, zero noise) to keep fold alignment; the excitation's phase is the whole
     utterance's, so it is continuous across chunks."""
     hop, frames = features.hop_length, feats.shape[-1]
-    # A causal student needs past context only, plus the mel upsampler's look-ahead.
-    lookahead = _aligned_frames(model, features, 2 * hop / features.sample_rate)
-    lookahead = lookahead if getattr(model, "causal", False) else context
+    # A causal student needs past context only, plus its conditioner's look-ahead.
+    capabilities = model.capabilities
+    lookahead = context
+    if capabilities.causal:
+        lookahead = _aligned_frames(model, features, capabilities.lookahead / features.sample_rate)
     phase = None if f0 is None else excitation_phase(f0, hop, features.sample_rate)
     pieces = []
     for start in range(0, frames, chunk):
@@ -244,7 +246,7 @@ def _vocode_chunks(
 
 def _fold_padding(model: nn.Module, frames: int, hop: int) -> int:
     """Frames to add so that frames * hop is a multiple of the student's time folds."""
-    multiple = math.lcm(hop, getattr(model, "time_multiple", 1)) // hop
+    multiple = math.lcm(hop, model.capabilities.time_multiple) // hop
     return (-frames) % multiple
 
 

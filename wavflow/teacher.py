@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wavflow.capabilities import Capabilities
 from wavflow.distributions import build_output, shift_by_excitation
 from wavflow.generation import GenerationState, IncrementalWaveNet
 from wavflow.nn.conditioning import Conditioner
@@ -115,6 +116,21 @@ class WaveNet(nn.Module):
     def receptive_field(self) -> int:
         """Past samples x_{t-R}..x_{t-1} that the distribution of x_t depends on (R)."""
         return self.stack.receptive_field
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this vocoder is (see `Capabilities`): sequential and causal."""
+        return Capabilities(
+            sequential=True,
+            causal=True,
+            receptive_field=self.receptive_field,
+            lookahead=self.conditioner.lookahead,
+            time_multiple=1,
+            chunk_seconds=None,
+            takes_pitch=bool(self.conditioner.n_harmonics),
+            n_speakers=self.conditioner.n_speakers,
+            location_scale=False,
+        )
 
     def condition(
         self, feats: Tensor, speaker: Tensor | None = None, f0: Tensor | None = None

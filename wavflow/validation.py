@@ -37,7 +37,7 @@ def generate_audio(
     """Audio (B, 1, frames * hop) for mels (B, n_mels, frames) (and F0 (B, frames) Hz for
     pitch-conditioned models): sequential for the teacher, one parallel pass for a student."""
     cond = model.condition(feats, speaker, f0)
-    if isinstance(model, WaveNet):
+    if model.capabilities.sequential:
         x, _ = model.generate(cond, method=method, temperature=temperature, generator=generator)
         return x
     return model.sample(cond, temperature=temperature, generator=generator)

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from wavflow.capabilities import Capabilities
 
 
 class Flow(nn.Module):
@@ -216,7 +219,15 @@ class FlowModel(nn.Module):
         time_multiple: T must be a multiple of this (the product of the flow's time folds).
         samples_per_cond_step: audio samples per time step of `cond`: 1 for an audio-rate
             `cond` (most students), the fold for one built at the folded rate (SqueezeWave).
+
+    Students declare what they are (`capabilities`) with the class attributes below (a
+    non-causal flow of unstated receptive field by default) and `receptive_field`.
     """
+
+    causal: ClassVar[bool] = False
+    chunk_seconds: ClassVar[float | None] = None
+    location_scale: ClassVar[bool] = False  # offers `rsample_with_stats`
+    receptive_field: int | None = None
 
     def __init__(
         self,
@@ -232,6 +243,21 @@ class FlowModel(nn.Module):
         self.conditioner = conditioner
         self.time_multiple = time_multiple
         self.samples_per_cond_step = samples_per_cond_step
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this student is (see `Capabilities`): one parallel pass, never sequential."""
+        return Capabilities(
+            sequential=False,
+            causal=self.causal,
+            receptive_field=self.receptive_field,
+            lookahead=self.conditioner.lookahead if self.causal else None,
+            time_multiple=self.time_multiple,
+            chunk_seconds=self.chunk_seconds,
+            takes_pitch=bool(self.conditioner.n_harmonics),
+            n_speakers=self.conditioner.n_speakers,
+            location_scale=self.location_scale,
+        )
 
     def condition(
         self, feats: Tensor, speaker: Tensor | None = None, f0: Tensor | None = None

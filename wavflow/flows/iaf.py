@@ -175,7 +175,8 @@ class IAFStudent(FlowModel):
     # about two seconds keep the activations in cache: 4 s of audio at Parallel WaveNet size
     # runs at real-time factor 1.13 in chunks against 2.6 in one pass (fp32, 2 cores).
     causal: ClassVar[bool] = True
-    chunk_seconds: ClassVar[float] = 2.0
+    chunk_seconds: ClassVar[float | None] = 2.0
+    location_scale: ClassVar[bool] = True
 
     PRESETS: ClassVar[dict[str, dict]] = {
         # 4 flows of 10, 10, 10, 30 layers, 64 channels (the paper gives no kernel: 3 here).

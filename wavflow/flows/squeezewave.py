@@ -43,16 +43,11 @@ from wavflow.flows.layers import (
     Squeeze,
     fold,
 )
-from wavflow.nn.conditioning import (
-    F0Predictor,
-    broadcast_speaker,
-    log_envelope,
-    required_excitation,
-)
+from wavflow.nn.conditioning import ConditionerBase, log_envelope
 from wavflow.nn.conv import ZeroConv1d, add_weight_norm
 
 
-class FrameRateConditioner(nn.Module):
+class FrameRateConditioner(ConditionerBase):
     """Mel frames (+ speaker embedding, + F0 excitation) at the folded rate: one `cond` step
     per `fold` samples.
 
@@ -101,15 +96,13 @@ class FrameRateConditioner(nn.Module):
                 f"fold={fold} and hop_length={hop_length}: one must divide the other, so that "
                 "every step of the folded audio sees whole frames"
             )
-        self.hop_length, self.fold = hop_length, fold
+        self.fold = fold
         self.repeats = max(1, hop_length // fold)
         self.frames_per_step = max(1, fold // hop_length)
-        self.speaker = nn.Embedding(n_speakers, speaker_channels) if n_speakers else None
-        self.n_harmonics, self.sample_rate = n_harmonics, sample_rate
-        self.f0_predictor = F0Predictor(n_mels) if n_harmonics else None
-        speaker_out = speaker_channels if n_speakers else 0
-        self.has_envelope = envelope
-        self.frame_channels = n_mels * self.frames_per_step + speaker_out + int(envelope)
+        self._add_speaker_and_pitch(
+            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate, envelope
+        )
+        self.frame_channels = n_mels * self.frames_per_step + self.speaker_channels + int(envelope)
         self.out_channels = self.frame_channels + 2 * n_harmonics * fold
 
     def forward(
@@ -134,17 +127,13 @@ class FrameRateConditioner(nn.Module):
             cond = fold(feats, self.frames_per_step)  # (B, M, F) -> (B, M * k, F / k)
         elif self.repeats > 1:
             cond = feats.repeat_interleave(self.repeats, dim=-1)  # (B, M, F) -> (B, M, F * r)
-        parts = [cond]
-        if self.speaker is not None:
-            parts.append(broadcast_speaker(self.speaker, speaker, cond.shape[-1]))
+        parts = [cond, *self.speaker_part(speaker, cond.shape[-1])]
         if self.has_envelope:
             level = fold(log_envelope(feats, self.hop_length)[:, None], self.fold)
             parts.append(level.mean(dim=1, keepdim=True))  # (B, G, T / G) -> (B, 1, T / G)
         if self.n_harmonics:
-            excitation = required_excitation(
-                f0, self.hop_length, self.sample_rate, self.n_harmonics, phase
-            )  # (B, 2K, T)
-            parts.append(fold(excitation.to(feats.dtype), self.fold))  # -> (B, 2K * G, T / G)
+            excitation = self.excitation_of(f0, phase, feats.dtype)  # (B, 2K, T)
+            parts.append(fold(excitation, self.fold))  # -> (B, 2K * G, T / G)
         return torch.cat(parts, dim=1) if len(parts) > 1 else cond
 
 

@@ -246,7 +246,54 @@ class F0Predictor(nn.Module):
         return voicing_loss + pitch_loss
 
 
-class Conditioner(nn.Module):
+class ConditionerBase(nn.Module):
+    """What every model's conditioner shares: the speaker embedding, the pitch settings with
+    their `F0Predictor`, and the envelope flag. `Conditioner` (audio rate) and SqueezeWave's
+    `FrameRateConditioner` (folded rate) build `cond` from these.
+    """
+
+    def _add_speaker_and_pitch(
+        self,
+        n_mels: int,
+        hop_length: int,
+        n_speakers: int,
+        speaker_channels: int,
+        n_harmonics: int,
+        sample_rate: int,
+        envelope: bool,
+    ) -> None:
+        """Set up the shared parts (called after a subclass's own modules, so that parameters
+        keep their order in checkpoints' optimizer state).
+
+        Args:
+            n_mels: mel bands of `feats`.
+            hop_length: audio samples per frame.
+            n_speakers: number of speakers (0: no global conditioning).
+            speaker_channels: embedding width.
+            n_harmonics: harmonics of the F0 excitation (0: no pitch conditioning).
+            sample_rate: audio rate in Hz (needed for the excitation).
+            envelope: also give the mel's log level (`log_envelope`).
+        """
+        self.hop_length, self.n_speakers = hop_length, n_speakers
+        self.speaker = nn.Embedding(n_speakers, speaker_channels) if n_speakers else None
+        self.speaker_channels = speaker_channels if n_speakers else 0  # channels in `cond`
+        self.n_harmonics, self.sample_rate = n_harmonics, sample_rate
+        self.excitation_channels = 2 * n_harmonics
+        self.has_envelope = envelope
+        self.f0_predictor = F0Predictor(n_mels) if n_harmonics else None
+
+    def speaker_part(self, speaker: Tensor | None, length: int) -> list[Tensor]:
+        """[the speaker embeddings (B, E, length)], or [] for a model without speakers."""
+        return [] if self.speaker is None else [broadcast_speaker(self.speaker, speaker, length)]
+
+    def excitation_of(self, f0: Tensor | None, phase: Tensor | None, dtype: torch.dtype) -> Tensor:
+        """The harmonic excitation (B, 2K, F * hop) at audio rate, in `dtype`."""
+        return required_excitation(
+            f0, self.hop_length, self.sample_rate, self.n_harmonics, phase
+        ).to(dtype)
+
+
+class Conditioner(ConditionerBase):
     """Builds the audio-rate conditioning `cond` (B, C, T) that every model's layers read.
 
     `cond` = [upsampled mel; speaker embedding broadcast over time when the model has speakers
@@ -277,19 +324,18 @@ class Conditioner(nn.Module):
     ) -> None:
         super().__init__()
         self.upsampler = MelUpsampler(hop_length)
-        self.speaker = nn.Embedding(n_speakers, speaker_channels) if n_speakers else None
-        self.n_harmonics, self.sample_rate = n_harmonics, sample_rate
-        self.excitation_channels = 2 * n_harmonics
-        self.has_envelope = envelope
+        self._add_speaker_and_pitch(
+            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate, envelope
+        )
         # Index of the log-envelope channel in `cond`, counted from the end (None: no envelope).
         self.envelope_channel = -1 - self.excitation_channels if envelope else None
-        self.f0_predictor = F0Predictor(n_mels) if n_harmonics else None
         self.out_channels = (
-            n_mels
-            + (speaker_channels if n_speakers else 0)
-            + int(envelope)
-            + self.excitation_channels
+            n_mels + self.speaker_channels + int(envelope) + self.excitation_channels
         )
+        # Future audio samples one output reads: a frame spans one hop and the upsampler's
+        # smoothing reaches sum_i s_i prod_{j>i} s_j < 2 hops (factors <= 16); the linear
+        # interpolation of F0 and the envelope between frame centres one hop. 2 hops bound both.
+        self.lookahead = 2 * hop_length
 
     def forward(
         self,
@@ -302,16 +348,13 @@ class Conditioner(nn.Module):
 
         `phase` (B, F * hop): the excitation's phase when this is a chunk of a longer input.
         """
-        parts = [self.upsampler(feats)]
-        if self.speaker is not None:
-            parts.append(broadcast_speaker(self.speaker, speaker, parts[0].shape[-1]))
+        mel = self.upsampler(feats)
+        parts = [mel, *self.speaker_part(speaker, mel.shape[-1])]
         if self.has_envelope:
-            parts.append(log_envelope(feats, self.upsampler.hop_length)[:, None])
+            parts.append(log_envelope(feats, self.hop_length)[:, None])
         if self.n_harmonics:
-            hop = self.upsampler.hop_length
-            excitation = required_excitation(f0, hop, self.sample_rate, self.n_harmonics, phase)
-            parts.append(excitation.to(feats.dtype))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+            parts.append(self.excitation_of(f0, phase, feats.dtype))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else mel
 
     def excitation(self, cond: Tensor) -> Tensor | None:
         """The excitation channels (B, 2K, T) of a `cond` this module built (None: no pitch)."""

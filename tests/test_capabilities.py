@@ -1,0 +1,106 @@
+"""Declared capabilities: every model states what it is, and what it states is true."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wavflow.capabilities import Capabilities
+from wavflow.distill import choose_estimator
+from wavflow.flows import STUDENTS, build_student
+from wavflow.teacher import WaveNet
+
+N_MELS, HOP, FRAMES = 8, 4, 12
+DTYPE = torch.float64
+
+
+def tiny_teacher(**options: object) -> WaveNet:
+    torch.manual_seed(0)
+    sizes = dict(n_layers=4, n_cycles=2, residual_channels=8, gate_channels=16, skip_channels=8)
+    return WaveNet(N_MELS, HOP, output="gaussian", **sizes | options).to(DTYPE).eval()
+
+
+def tiny_student(kind: str, n_speakers: int = 0, **options: object):
+    torch.manual_seed(0)
+    sizes = STUDENTS[kind].PRESETS["tiny"] | options
+    return build_student(kind, N_MELS, HOP, n_speakers, **sizes).to(DTYPE).eval()
+
+
+def test_every_model_declares_its_capabilities() -> None:
+    teacher = tiny_teacher(n_speakers=3, n_harmonics=2, sample_rate=16000).capabilities
+    assert teacher == Capabilities(
+        sequential=True,
+        causal=True,
+        receptive_field=tiny_teacher().receptive_field,
+        lookahead=2 * HOP,
+        time_multiple=1,
+        chunk_seconds=None,
+        takes_pitch=True,
+        n_speakers=3,
+        location_scale=False,
+    )
+    iaf = tiny_student("iaf", n_speakers=2).capabilities
+    assert iaf.causal and iaf.location_scale and not iaf.sequential and not iaf.takes_pitch
+    assert iaf.receptive_field > 1 and iaf.lookahead == 2 * HOP and iaf.chunk_seconds == 2.0
+    assert iaf.n_speakers == 2
+    for kind in ("waveglow", "flowavenet", "squeezewave"):
+        student = tiny_student(kind)
+        declared = student.capabilities
+        assert not declared.causal and not declared.location_scale and not declared.sequential
+        assert declared.lookahead is None and declared.receptive_field is None
+        assert declared.time_multiple == student.time_multiple > 1
+    pitched = tiny_student("squeezewave", n_harmonics=2, sample_rate=16000)
+    assert pitched.capabilities.takes_pitch
+
+
+def test_the_iaf_receptive_field_and_lookahead_are_true() -> None:
+    """x_t reads z_{t-R+1} .. z_t and mel frames up to `lookahead` samples after t."""
+    student = tiny_student("iaf")
+    with torch.no_grad():  # the output convs start at zero: give x a dependence on z
+        for name, parameter in student.named_parameters():
+            if "head_out" in name:
+                parameter.normal_(0.0, 0.3)
+    declared = student.capabilities
+    generator = torch.Generator().manual_seed(1)
+    feats = torch.randn(1, N_MELS, FRAMES, generator=generator, dtype=DTYPE)
+    z = torch.randn(1, 1, FRAMES * HOP, generator=generator, dtype=DTYPE)
+    with torch.no_grad():
+        x, _ = student.flow(z, student.condition(feats))
+        moved_z = z.clone()
+        moved_z[..., 5] += 1.0
+        x_z, _ = student.flow(moved_z, student.condition(feats))
+        changed = (x_z - x).abs()[0, 0] > 0
+        assert changed.nonzero().flatten().tolist() == list(range(5, 5 + declared.receptive_field))
+        cut = 8  # frames from here on change
+        moved_feats = feats.clone()
+        moved_feats[..., cut:] += 1.0
+        x_mel, _ = student.flow(z, student.condition(moved_feats))
+    safe = cut * HOP - declared.lookahead
+    assert torch.equal(x_mel[..., :safe], x[..., :safe])
+    assert not torch.equal(x_mel[..., safe : cut * HOP], x[..., safe : cut * HOP])
+
+
+def test_the_teacher_lookahead_is_true() -> None:
+    teacher = tiny_teacher()
+    generator = torch.Generator().manual_seed(2)
+    feats = torch.randn(1, N_MELS, FRAMES, generator=generator, dtype=DTYPE)
+    x = torch.rand(1, 1, FRAMES * HOP, generator=generator, dtype=DTYPE) * 2 - 1
+    cut = 8
+    moved = feats.clone()
+    moved[..., cut:] -= 1.0
+    with torch.no_grad():
+        params, params_moved = (
+            teacher(x, teacher.condition(feats)),
+            teacher(x, teacher.condition(moved)),
+        )
+    safe = cut * HOP - teacher.capabilities.lookahead
+    assert torch.equal(params[..., :safe], params_moved[..., :safe])
+
+
+def test_the_kl_estimator_follows_the_declared_location_scale() -> None:
+    teacher = tiny_teacher()  # a Gaussian head
+    assert choose_estimator(tiny_student("iaf", base="gaussian"), teacher, "auto") == "closed_form"
+    assert choose_estimator(tiny_student("iaf"), teacher, "auto") == "per_step"  # logistic base
+    assert choose_estimator(tiny_student("waveglow"), teacher, "auto") == "sample"
+    with pytest.raises(ValueError, match="per_step"):
+        choose_estimator(tiny_student("squeezewave"), teacher, "per_step")
