@@ -1,5 +1,5 @@
-"""Deployment: TorchScript and ONNX students against PyTorch for the same noise, safetensors
-releases loaded without pickle, and the onnxruntime benchmark rows."""
+"""Deployment: torch.export, TorchScript and ONNX students against PyTorch for the same noise,
+safetensors releases loaded without pickle, and the onnxruntime benchmark rows."""
 
 from __future__ import annotations
 
@@ -27,19 +27,27 @@ def _reference(checkpoint, feats, z, f0) -> torch.Tensor:
     return x[:, 0]
 
 
-@pytest.mark.parametrize("kind", ["iaf", "waveglow", "squeezewave_pitch"])
-def test_exported_student_runs_without_wavflow(kind, tmp_path):
+LOADERS = {"pt2": "torch.export.load(path).module()", "torchscript": "torch.jit.load(path)"}
+
+
+@pytest.mark.parametrize(  # every student's pt2 program is also the ONNX test's
+    ("kind", "fmt"), [("iaf", "torchscript"), ("squeezewave_pitch", "pt2")]
+)
+def test_exported_student_runs_without_wavflow(kind, fmt, tmp_path):
     recipe, _, checkpoint = _student(kind, tmp_path)
-    (path,) = export_student(checkpoint, tmp_path / "student.ts", example_seconds=0.05)
-    feats, z, f0 = torch.randn(2, 20, 24), torch.randn(2, 1, 24 * 64), _f0(recipe, 2, 24)
+    (path,) = export_student(checkpoint, tmp_path / f"student.{fmt}", fmt, example_seconds=0.05)
+    # A length and batch other than the traced example's.
+    feats, z, f0 = torch.randn(3, 20, 24), torch.randn(3, 1, 24 * 64), _f0(recipe, 3, 24)
     inputs = [feats, z] + ([] if f0 is None else [f0])
     torch.save(inputs, tmp_path / "inputs.pt")
     script = textwrap.dedent(f"""
         import sys, torch
         sys.modules["wavflow"] = None  # importing wavflow now fails
-        module = torch.jit.load({str(path)!r})
+        path = {str(path)!r}
+        module = {LOADERS[fmt]}
         inputs = torch.load({str(tmp_path / "inputs.pt")!r})
-        torch.save(module(*inputs), {str(tmp_path / "out.pt")!r})
+        with torch.no_grad():
+            torch.save(module(*inputs), {str(tmp_path / "out.pt")!r})
     """)
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
     expected = _reference(checkpoint, feats, z, f0)
@@ -48,7 +56,7 @@ def test_exported_student_runs_without_wavflow(kind, tmp_path):
 
 def test_export_refuses_a_teacher(teacher_checkpoint, tmp_path):  # noqa: F811
     with pytest.raises(ValueError, match="only students"):
-        export_student(teacher_checkpoint, tmp_path / "t.ts")
+        export_student(teacher_checkpoint, tmp_path / "t.pt2")
     with pytest.raises(ValueError, match="only students"):
         export_student(teacher_checkpoint, tmp_path / "t.onnx", "onnx")
 

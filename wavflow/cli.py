@@ -185,7 +185,8 @@ def _run_train_teacher(args: argparse.Namespace) -> int:
 
     recipe = _training_recipe(args)
     speakers = PreparedData(args.data, expected=recipe.features).speakers
-    torch.manual_seed(recipe.train.seed)  # initial weights; a resumed run loads its own
+    # Initial weights, the same on every rank; train() seeds each rank's own draws.
+    torch.manual_seed(recipe.train.seed)
     model = build_teacher(recipe, speaker_count(recipe, speakers))
     objective = likelihood_objective("teacher", model, recipe.features)
     state = train(objective, recipe, args.data, args.out, args.resume, not args.quiet, speakers)
@@ -229,7 +230,7 @@ def _run_train_student(args: argparse.Namespace) -> int:
     if objective_name == "distill" and args.teacher is None:
         raise RecipeError("--objective distill needs --teacher TEACHER.pt")
     speakers = PreparedData(args.data, expected=recipe.features).speakers
-    torch.manual_seed(recipe.train.seed)
+    torch.manual_seed(recipe.train.seed)  # as for the teacher: initial weights, every rank alike
     model = build_student(recipe, speaker_count(recipe, speakers))
     if objective_name == "mle":
         if recipe.student.kind == "iaf":
@@ -481,20 +482,21 @@ def _run_bench(args: argparse.Namespace) -> int:
 def _add_export(commands: argparse._SubParsersAction) -> None:
     command = commands.add_parser(
         "export",
-        help="export a student to TorchScript or ONNX, or any checkpoint to safetensors",
-        description="torchscript and onnx: a student's sampling path, run without wavflow by "
-        "torch.jit.load or onnxruntime: inputs (feats (B, n_mels, F), noise z (B, 1, F * hop)), "
-        "plus F0 (B, F) in Hz for pitch-conditioned students; output audio (B, F * hop); "
-        "batch and length dynamic in ONNX. safetensors: the EMA weights, with the resolved "
-        "recipe in a .json beside them (load_model and synthesize --checkpoint read the pair).",
+        help="export a student to torch.export, ONNX or TorchScript, or any model to safetensors",
+        description="pt2, onnx and torchscript: a student's sampling path, run without wavflow "
+        "by torch.export.load, onnxruntime or torch.jit.load: inputs (feats (B, n_mels, F), "
+        "noise z (B, 1, F * hop)), plus F0 (B, F) in Hz for pitch-conditioned students; output "
+        "audio (B, F * hop); batch and length dynamic in pt2 and ONNX. safetensors: the EMA "
+        "weights, with the resolved recipe in a .json beside them (load_model and synthesize "
+        "--checkpoint read the pair).",
     )
     command.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint")
     command.add_argument("--out", type=Path, required=True, help="file to write")
     command.add_argument(
         "--format",
-        choices=("torchscript", "onnx", "safetensors"),
-        default="torchscript",
-        help="what to write (default torchscript)",
+        choices=("pt2", "onnx", "torchscript", "safetensors"),
+        default="pt2",
+        help="what to write (default pt2, torch.export; torchscript is deprecated by torch)",
     )
     command.set_defaults(run=_run_export)
 

@@ -26,7 +26,7 @@ from wavflow.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpo
 from wavflow.config import FeatureConfig
 from wavflow.synthesis import has_pitch
 
-FORMATS = ("torchscript", "onnx", "safetensors")
+FORMATS = ("pt2", "onnx", "torchscript", "safetensors")
 ONNX_OPSET = 18
 
 
@@ -79,14 +79,15 @@ def example_inputs(
 
 
 def export_student(
-    checkpoint: Path, out_path: Path, fmt: str = "torchscript", example_seconds: float = 1.0
+    checkpoint: Path, out_path: Path, fmt: str = "pt2", example_seconds: float = 1.0
 ) -> list[Path]:
     """Write a checkpoint in deployable form.
 
-    - "torchscript": `torch.jit.trace` of the deployed student (`torch.jit.load` needs no
-      wavflow).
-    - "onnx": the deployed student for onnxruntime, opset `ONNX_OPSET`, batch and length
-      dynamic (the `torch.export` path, so onnxscript is needed).
+    - "pt2": `torch.export` of the deployed student, batch and length dynamic
+      (`torch.export.load(path).module()` runs it without wavflow).
+    - "onnx": the same exported program for onnxruntime, opset `ONNX_OPSET` (onnxscript).
+    - "torchscript": `torch.jit.trace` of the deployed student (`torch.jit.load`, also from
+      LibTorch C++), for as long as torch keeps it: torch 2.13 deprecates `torch.jit.trace`.
     - "safetensors": the release pair of the module docstring (teachers too).
 
     Args:
@@ -120,7 +121,8 @@ def write_student(
     fmt: str,
     example_seconds: float = 1.0,
 ) -> Path:
-    """Write a student (weight norm folded) as "torchscript" or "onnx" (see `export_student`)."""
+    """Write a student (weight norm folded) as "pt2", "onnx" or "torchscript" (see
+    `export_student`)."""
     step = frame_multiple(student, features.hop_length)
     seconds_frames = example_seconds * features.sample_rate / features.hop_length
     frames = step * max(1, math.ceil(seconds_frames / step))
@@ -131,6 +133,8 @@ def write_student(
         with torch.no_grad():
             traced = torch.jit.trace(deployed, inputs, check_trace=False)
         traced.save(str(out_path))
+    elif fmt == "pt2":
+        torch.export.save(export_program(deployed, inputs, step, features.hop_length), out_path)
     else:
         _export_onnx(deployed, inputs, step, features.hop_length, out_path)
     return out_path
@@ -139,31 +143,42 @@ def write_student(
 def _export_onnx(
     deployed: nn.Module, inputs: tuple[Tensor, ...], step: int, hop: int, out_path: Path
 ) -> None:
-    """torch.export the deployed student with batch and frames (a multiple of `step`) dynamic."""
+    """The deployed student as ONNX, batch and frames (a multiple of `step`) dynamic."""
+    program = export_program(deployed, inputs, step, hop)
+    program = program.run_decompositions({torch.ops.aten.cummax.default: cummax_by_reduction})
+    _drop_unused(program)
+    torch.onnx.export(
+        program,
+        input_names=list(program.graph_signature.user_inputs),
+        output_names=["audio"],
+        f=str(out_path),
+        opset_version=ONNX_OPSET,
+        external_data=False,
+    )
+
+
+def export_program(
+    deployed: nn.Module, inputs: tuple[Tensor, ...], step: int, hop: int
+) -> torch.export.ExportedProgram:
+    """`torch.export` of a deployed student (a copy: the caller's is left as it was) with the
+    batch and the frames (a multiple of `step`; the noise `hop` times as long) dynamic."""
     batch, blocks = torch.export.Dim("batch"), torch.export.Dim("blocks")
     frames = step * blocks
     shapes: dict[str, dict[int, Any]] = {
         "feats": {0: batch, 2: frames},
         "z": {0: batch, 2: frames * hop},
     }
-    names = ["feats", "z"]
     if len(inputs) == 3:
         shapes["f0"] = {0: batch, 1: frames}
-        names.append("f0")
-    deployed = copy.deepcopy(deployed)  # the caller's model keeps its flags as buffers
+    deployed = copy.deepcopy(deployed)
     _freeze_flags(deployed)
-    with torch.no_grad():
-        program = torch.export.export(deployed, inputs, dynamic_shapes=shapes)
-    program = program.run_decompositions({torch.ops.aten.cummax.default: cummax_by_reduction})
-    _drop_unused(program)
-    torch.onnx.export(
-        program,
-        input_names=names,
-        output_names=["audio"],
-        f=str(out_path),
-        opset_version=ONNX_OPSET,
-        external_data=False,
-    )
+    # Traced with gradients on: the inference caches of the flows (Invertible1x1Conv's W^-1,
+    # reused while the parameters compare equal by value) are data-dependent, so they must
+    # not be taken while exporting.
+    for parameter in deployed.parameters():
+        parameter.requires_grad_(True)
+    with torch.enable_grad():
+        return torch.export.export(deployed, inputs, dynamic_shapes=shapes)
 
 
 def cummax_by_reduction(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
