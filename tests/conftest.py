@@ -20,9 +20,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--gpu") and torch.cuda.is_available():
+    """`gpu`-marked tests run only with --gpu on a machine with CUDA; elsewhere they are skipped,
+    saying which of the two is missing."""
+    if not config.getoption("--gpu"):
+        reason = "a GPU test: run with --gpu on a CUDA machine (scripts/gpu_check.sh)"
+    elif not torch.cuda.is_available():
+        reason = "--gpu given, but torch sees no CUDA device"
+    else:
         return
-    skip = pytest.mark.skip(reason="needs --gpu and a CUDA device")
+    skip = pytest.mark.skip(reason=reason)
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from wavflow.checkpoint import build_student, build_teacher, load_checkpoint
 from wavflow.config import Recipe, load_recipe
-from wavflow.distributed import rank_seed
+from wavflow.distributed import rank_seed, set_rng_states
 from wavflow.training import Objective, distillation_objective, likelihood_objective, train
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny_teacher.toml"
@@ -44,11 +44,14 @@ class _RecordingLoss(nn.Module):
         self.inner, self.rng = inner, []
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
-        self.rng.append(torch.get_rng_state())
+        state = torch.get_rng_state()
+        if batch["audio"].is_cuda:  # the noise is drawn on the GPU
+            state = torch.cat([state, torch.cuda.get_rng_state(batch["audio"].device)])
+        self.rng.append(state)
         return self.inner(batch)
 
 
-def _recipe(kind: str, steps: int, extra: tuple[str, ...] = ()) -> Recipe:
+def _recipe(kind: str, steps: int, extra: tuple[str, ...] = (), device: str = "cpu") -> Recipe:
     student = [f'student.kind="{kind}"', *STUDENT_SIZES[kind]] if kind != "teacher" else []
     return load_recipe(
         TINY,
@@ -57,7 +60,7 @@ def _recipe(kind: str, steps: int, extra: tuple[str, ...] = ()) -> Recipe:
             f"train.steps={steps}",
             "train.eval_every=1000",
             "train.val_batches=1",
-            'train.device="cpu"',
+            f'train.device="{device}"',
             *extra,
         ],
     )
@@ -77,7 +80,7 @@ def _objective(kind: str, objective: str, recipe: Recipe) -> Objective:
     return dataclasses.replace(built, loss=_RecordingLoss(built.loss), media=None)
 
 
-def _join(rank: int, world: int, port: int) -> None:
+def _join(rank: int, world: int, port: int, backend: str = "gloo") -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -86,46 +89,58 @@ def _join(rank: int, world: int, port: int) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    torch.distributed.init_process_group(backend)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _every_student_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
-    _join(rank, world, port)
+def every_model_worker(
+    rank: int, world: int, port: int, data: str, out: str, backend: str = "gloo"
+) -> None:
+    """Two steps of every run of RUNS in this rank; saves its weights and noise RNG states."""
+    _join(rank, world, port, backend)
+    device = "auto" if backend == "nccl" else "cpu"  # auto: this rank's own GPU
     for kind, name in RUNS:
-        recipe = _recipe(kind, steps=2)
+        recipe = _recipe(kind, steps=2, device=device)
         objective = _objective(kind, name, recipe)
-        if rank == 1:  # other initial weights: DDP must broadcast rank 0's
+        if rank > 0:  # other initial weights: DDP must broadcast rank 0's
             with torch.no_grad():
                 for parameter in objective.model.parameters():
                     parameter.add_(0.1)
         train(objective, recipe, data, Path(out) / f"{kind}_{name}", progress=False)
-        saved = {"state": objective.model.state_dict(), "rng": objective.loss.rng}
-        torch.save(saved, Path(out) / f"{kind}_{name}_rank{rank}.pt")
+        state = {k: v.cpu() for k, v in objective.model.state_dict().items()}
+        torch.save(
+            {"state": state, "rng": objective.loss.rng}, Path(out) / f"{kind}_{name}_{rank}.pt"
+        )
     torch.distributed.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_every_student_stays_identical_on_both_ranks_and_draws_its_own_noise(
-    prepared_dir, tmp_path
-):
-    args = (2, _free_port(), str(prepared_dir), str(tmp_path))
-    mp.spawn(_every_student_worker, args=args, nprocs=2)
+def check_ranks_agree(out: Path, world: int) -> None:
+    """Every rank of every run holds rank 0's weights and buffers after its steps, which moved
+    them, and no two ranks drew from the same RNG state."""
     for kind, name in RUNS:
-        ranks = [torch.load(tmp_path / f"{kind}_{name}_rank{r}.pt") for r in (0, 1)]
-        first, second = (r["state"] for r in ranks)
-        assert first.keys() == second.keys()
-        for key in first:  # parameters and buffers (ActNorm's flag included)
-            assert torch.equal(first[key], second[key]), (kind, name, key)
+        ranks = [torch.load(out / f"{kind}_{name}_{r}.pt") for r in range(world)]
+        first = ranks[0]["state"]
+        for other in ranks[1:]:
+            assert first.keys() == other["state"].keys()
+            for key in first:  # parameters and buffers (ActNorm's flag included)
+                assert torch.equal(first[key], other["state"][key]), (kind, name, key)
+            for step, (a, b) in enumerate(zip(ranks[0]["rng"], other["rng"])):
+                assert not torch.equal(a, b), f"{kind} {name}: one RNG state for two ranks, {step}"
         initial = _objective(kind, name, _recipe(kind, steps=2)).model.state_dict()
         assert any(not torch.equal(first[k], initial[k]) for k in first), (kind, name)
-        for step, (a, b) in enumerate(zip(ranks[0]["rng"], ranks[1]["rng"])):
-            assert not torch.equal(a, b), f"{kind} {name}: same RNG on both ranks at step {step}"
+
+
+@pytest.mark.slow
+def test_every_model_stays_identical_on_both_ranks_and_draws_its_own_noise(prepared_dir, tmp_path):
+    mp.spawn(every_model_worker, args=(2, free_port(), str(prepared_dir), str(tmp_path)), nprocs=2)
+    check_ranks_agree(tmp_path, world=2)
 
 
 class _CrashError(Exception):
@@ -162,7 +177,7 @@ def _resume_worker(rank: int, world: int, port: int, data: str, out: str) -> Non
 
 @pytest.mark.slow
 def test_a_killed_two_process_run_resumes_bit_identically_on_both_ranks(prepared_dir, tmp_path):
-    mp.spawn(_resume_worker, args=(2, _free_port(), str(prepared_dir), str(tmp_path)), nprocs=2)
+    mp.spawn(_resume_worker, args=(2, free_port(), str(prepared_dir), str(tmp_path)), nprocs=2)
     whole = load_checkpoint(tmp_path / "whole" / "ckpt_00000004.pt")
     resumed = load_checkpoint(tmp_path / "killed" / "ckpt_00000004.pt")
     for part in ("model", "ema"):
@@ -181,3 +196,15 @@ def test_rank_seeds_differ_from_each_other_and_from_the_seed():
     seeds = {rank_seed(seed, rank) for seed in (0, 1) for rank in range(4)}
     assert len(seeds) == 8 and not seeds & set(range(4))
     assert rank_seed(3, 1) == rank_seed(3, 1)
+
+
+def test_rng_states_of_older_checkpoints_and_of_new_ranks():
+    cpu = torch.device("cpu")
+    torch.manual_seed(5)
+    state, expected = torch.get_rng_state(), torch.rand(3)
+    set_rng_states({"torch": state}, cpu, rank=0, seed=0)  # saved before per-rank states
+    assert torch.equal(torch.rand(3), expected)
+    set_rng_states({"torch": [state]}, cpu, rank=1, seed=7)  # a rank the run did not have
+    drawn = torch.rand(3)
+    torch.manual_seed(rank_seed(7, 1))
+    assert torch.equal(drawn, torch.rand(3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -18,6 +19,7 @@ from torch import nn
 from wavflow.checkpoint import CheckpointError, build_teacher, load_checkpoint, load_model
 from wavflow.config import load_recipe
 from wavflow.training import (
+    EMA,
     LikelihoodLoss,
     Objective,
     TrainingError,
@@ -136,6 +138,31 @@ def test_killed_run_resumes_to_the_same_weights(prepared_dir, tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     for key in a["ema"]:
         assert torch.equal(a["ema"][key], b["ema"][key]), key
+
+
+def test_resume_maps_the_checkpoint_to_the_training_device_and_copies_the_ema_into_place(
+    prepared_dir, tmp_path
+):
+    # On a GPU the checkpoint comes from another device (tests/test_gpu.py); here the load is
+    # mapped explicitly, and the EMA must keep its own tensors (the model's device), not take
+    # the checkpoint's as it did.
+    recipe = load_recipe(TINY, ["train.steps=2", "train.eval_every=1000", 'train.device="cpu"'])
+    objective = dataclasses.replace(_teacher_objective(recipe), media=None)
+    train(objective, recipe, prepared_dir, tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "ckpt_00000002.pt"
+    saved = load_checkpoint(path, map_location=torch.device("cpu"))
+    ema = EMA(objective.model, 0.99)
+    own = {key: value.data_ptr() for key, value in ema.state.items()}
+    ema.load(saved["ema"], saved["ema_updates"])
+    for key, value in ema.state.items():
+        assert value.data_ptr() == own[key] and torch.equal(value, saved["ema"][key]), key
+    assert ema.updates == 2
+    with pytest.raises(TrainingError, match="EMA"):
+        ema.load(dict(list(saved["ema"].items())[1:]), 0)
+    more = load_recipe(TINY, ["train.steps=3", "train.eval_every=1000", 'train.device="cpu"'])
+    resumed = dataclasses.replace(_teacher_objective(more), media=None)
+    state = train(resumed, more, prepared_dir, tmp_path / "run", resume=True, progress=False)
+    assert state.step == 3 and load_checkpoint(tmp_path / "run" / "ckpt_00000003.pt")["ema"]
 
 
 def test_new_run_refuses_to_overwrite_checkpoints(prepared_dir, tmp_path):
