@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from wavflow.synthesis import SynthesisOptions, has_pitch, vocode
 from wavflow.training import distillation_objective, likelihood_objective, train
 from wavflow.validation import validation_clips
 
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.toml"
+# Shipped inside the package (wavflow/recipes), so an installed wheel finds it too.
+DEFAULT_RECIPE = Path(str(resources.files("wavflow").joinpath("recipes", "demo.toml")))
 STUDENTS = ("iaf", "squeezewave")
 N_CLIPS = 3
 CLIP_SECONDS = 1.0

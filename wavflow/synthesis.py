@@ -32,8 +32,8 @@ from wavflow.audio import (
 )
 from wavflow.checkpoint import load_model
 from wavflow.config import FeatureConfig
+from wavflow.distributed import pick_device
 from wavflow.nn.conditioning import excitation_phase
-from wavflow.training import pick_device
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from wavflow import metrics  # noqa: E402
-from wavflow.audio import log_mel  # noqa: E402
-from wavflow.config import FeatureConfig, Recipe  # noqa: E402
-from wavflow.data import PreparedData, SegmentDataset  # noqa: E402
-from wavflow.distill import choose_estimator  # noqa: E402
-from wavflow.teacher import WaveNet  # noqa: E402
+from wavflow import metrics
+from wavflow.audio import log_mel
+from wavflow.config import FeatureConfig, Recipe
+from wavflow.data import PreparedData, SegmentDataset
+from wavflow.distill import choose_estimator
+from wavflow.teacher import WaveNet
 
 
 @torch.no_grad()
@@ -43,9 +40,14 @@ def generate_audio(
     return model.sample(cond, temperature=temperature, generator=generator)
 
 
-def mel_figure(real: Tensor, fake: Tensor, features: FeatureConfig) -> plt.Figure:
-    """A two-panel figure of the log-mels of `real` and `fake` (first item of each)."""
-    figure, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+def mel_figure(real: Tensor, fake: Tensor, features: FeatureConfig) -> Figure:
+    """A two-panel figure of the log-mels of `real` and `fake` (first item of each).
+
+    A bare `Figure`, not pyplot's: no GUI backend is chosen (importing this module leaves
+    matplotlib's backend to the application), and nothing stays registered with pyplot.
+    """
+    figure = Figure(figsize=(8, 5))
+    axes = figure.subplots(2, 1, sharex=True)
     for axis, audio, title in zip(axes, (real, fake), ("real", "generated")):
         mel = log_mel(audio[:1].float(), features)[0].cpu()
         axis.imshow(mel, origin="lower", aspect="auto")
