@@ -35,7 +35,8 @@ LOADERS = {"pt2": "torch.export.load(path).module()", "torchscript": "torch.jit.
 )
 def test_exported_student_runs_without_wavflow(kind, fmt, tmp_path):
     recipe, _, checkpoint = _student(kind, tmp_path)
-    (path,) = export_student(checkpoint, tmp_path / f"student.{fmt}", fmt, example_seconds=0.05)
+    suffix = {"pt2": "pt2", "torchscript": "ts"}[fmt]  # the format follows the suffix
+    (path,) = export_student(checkpoint, tmp_path / f"student.{suffix}", example_seconds=0.05)
     # A length and batch other than the traced example's.
     feats, z, f0 = torch.randn(3, 20, 24), torch.randn(3, 1, 24 * 64), _f0(recipe, 3, 24)
     inputs = [feats, z] + ([] if f0 is None else [f0])

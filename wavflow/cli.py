@@ -299,6 +299,9 @@ def _add_synthesize(commands: argparse._SubParsersAction) -> None:
         help=".npy mels are mean-variance normalised by the checkpoint's training statistics "
         "(as parallel_wavegan writes them); default: the convention's plain log mels",
     )
+    command.add_argument(
+        "--speaker", help="speaker name, for a model trained on several (see its error for names)"
+    )
     command.add_argument("--quiet", action="store_true", help="no progress bar")
     command.set_defaults(run=_run_synthesize)
 
@@ -317,6 +320,7 @@ def _run_synthesize(args: argparse.Namespace) -> int:
         use_ema=not args.no_ema,
         progress=not args.quiet,
         normalized=args.normalized,
+        speaker=args.speaker,
     )
     report = synthesize_files(args.checkpoint, args.inputs, args.out, options)
     print(f"wrote {len(report.written)} files to {args.out}")
@@ -495,8 +499,8 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--format",
         choices=("pt2", "onnx", "torchscript", "safetensors"),
-        default="pt2",
-        help="what to write (default pt2, torch.export; torchscript is deprecated by torch)",
+        help="what to write (default: by the suffix of --out: .onnx, .ts (TorchScript, which "
+        "torch deprecates), .safetensors; else pt2, torch.export)",
     )
     command.set_defaults(run=_run_export)
 

@@ -27,6 +27,8 @@ from wavflow.config import FeatureConfig
 from wavflow.synthesis import has_pitch
 
 FORMATS = ("pt2", "onnx", "torchscript", "safetensors")
+# The format a file name asks for when none is given (anything else: pt2).
+SUFFIX_FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".safetensors": "safetensors"}
 ONNX_OPSET = 18
 
 
@@ -79,7 +81,7 @@ def example_inputs(
 
 
 def export_student(
-    checkpoint: Path, out_path: Path, fmt: str = "pt2", example_seconds: float = 1.0
+    checkpoint: Path, out_path: Path, fmt: str | None = None, example_seconds: float = 1.0
 ) -> list[Path]:
     """Write a checkpoint in deployable form.
 
@@ -93,7 +95,7 @@ def export_student(
     Args:
         checkpoint: a wavflow checkpoint (.pt) or release (.safetensors).
         out_path: the file to write; a release also writes `out_path.with_suffix(".json")`.
-        fmt: one of `FORMATS`.
+        fmt: one of `FORMATS`; None: by the suffix of `out_path` (`SUFFIX_FORMATS`), else pt2.
         example_seconds: length of the example input the graph is traced with.
 
     Returns:
@@ -103,6 +105,7 @@ def export_student(
         ValueError: an unknown format, or a teacher for torchscript/onnx (sequential models are
             not exported).
     """
+    fmt = fmt or SUFFIX_FORMATS.get(out_path.suffix.lower(), "pt2")
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}' (known: {', '.join(FORMATS)})")
     out_path.parent.mkdir(parents=True, exist_ok=True)
