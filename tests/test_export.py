@@ -169,12 +169,18 @@ def test_benchmark_has_onnxruntime_rows_beside_pytorch(tmp_path):
         runtimes=["pytorch", "onnxruntime"],
     )
     rows = run_benchmark(settings, tmp_path, progress=False)["rows"]
-    assert [row["runtime"] for row in rows] == ["pytorch", "onnxruntime"]
-    onnx_row = rows[1]
-    assert onnx_row["median_s"] > 0 and onnx_row["flops_per_sample"] == rows[0]["flops_per_sample"]
-    # The same noise: onnxruntime's audio is PyTorch's, so their log-mels agree.
-    assert onnx_row["quality_log_mel_db_vs_fp32"] < 0.01
-    assert "| iaf | onnxruntime | fp32 |" in (tmp_path / "bench.md").read_text()
+    assert [(row["runtime"], row["dtype"]) for row in rows] == [
+        ("pytorch", "fp32"),
+        ("onnxruntime", "fp32"),
+        ("onnxruntime", "int8"),
+    ]
+    for row in rows[1:]:
+        assert row["median_s"] > 0 and row["flops_per_sample"] == rows[0]["flops_per_sample"]
+    # The same noise: onnxruntime's fp32 audio is PyTorch's; int8 weights cost a little.
+    fp32, int8 = (row["quality_log_mel_db_vs_fp32"] for row in rows[1:])
+    assert fp32 < 0.01 and fp32 < int8 < 10.0
+    table = (tmp_path / "bench.md").read_text()
+    assert "| iaf | onnxruntime | fp32 |" in table and "| iaf | onnxruntime | int8 |" in table
     with pytest.raises(ValueError, match="unknown runtime"):
         BenchSettings(
             lengths=[1.0], batches=[1], dtypes=["fp32"], methods=["iaf"], runtimes=["tvm"]

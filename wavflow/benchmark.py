@@ -33,7 +33,8 @@ from wavflow.nn.conv import remove_weight_norm
 from wavflow.teacher import WaveNet
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# onnxruntime rows: students only, fp32, CPU (its bf16 kernels cover few of the students' ops).
+# onnxruntime rows: students only, CPU, fp32 and dynamic int8 (its CPU bf16 kernels cover few
+# of the students' ops).
 RUNTIMES = ("pytorch", "onnxruntime")
 BENCH_FEATURES = FeatureConfig(sample_rate=22050, n_fft=1024, hop_length=256, win_length=1024)
 STUDENT_PRESETS = {
@@ -120,27 +121,41 @@ def _runner(method: str, model: nn.Module, dtype: torch.dtype) -> Callable[[Tens
     return student
 
 
-def _onnx_runner(model: nn.Module, folder: Path) -> Callable[[Tensor], Tensor]:
-    """Mels (B, n_mels, F) -> audio (B, 1, T) by the student exported to ONNX, in onnxruntime
-    on the CPU with torch's thread count; the noise is drawn as the PyTorch runner draws it."""
+def _onnx_runners(model: nn.Module, folder: Path) -> dict[str, Callable[[Tensor], Tensor]]:
+    """Per ONNX dtype ("fp32"; "int8": Conv and MatMul weights quantised to int8, activations
+    per call, by onnxruntime's dynamic quantisation): mels (B, n_mels, F) -> audio (B, 1, T) by
+    the student exported to ONNX, in onnxruntime on the CPU with torch's thread count. The noise
+    is drawn as the PyTorch runner draws it, so the audio is comparable."""
     import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from wavflow.export import write_student
 
     with torch.inference_mode():  # data-dependent initialisations (ActNorm) happen first
         model.sample(model.condition(torch.randn(2, BENCH_FEATURES.n_mels, 8)))
-    path = write_student(model, BENCH_FEATURES, folder / "student.onnx", "onnx", 0.05)
+    paths = {"fp32": write_student(model, BENCH_FEATURES, folder / "fp32.onnx", "onnx", 0.05)}
+    paths["int8"] = folder / "int8.onnx"
+    quantize_dynamic(
+        paths["fp32"],
+        paths["int8"],
+        op_types_to_quantize=["Conv", "MatMul"],
+        weight_type=QuantType.QInt8,
+    )
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(str(path), options, ["CPUExecutionProvider"])
 
-    def student(feats: Tensor) -> Tensor:
-        shape = (feats.shape[0], 1, feats.shape[-1] * BENCH_FEATURES.hop_length)
-        z = model.base.sample(shape, 1.0, torch.Generator().manual_seed(0))
-        audio = session.run(None, {"feats": feats.float().numpy(), "z": z.numpy()})[0]
-        return torch.from_numpy(audio)[:, None]
+    def runner(path: Path) -> Callable[[Tensor], Tensor]:
+        session = onnxruntime.InferenceSession(str(path), options, ["CPUExecutionProvider"])
 
-    return student
+        def student(feats: Tensor) -> Tensor:
+            shape = (feats.shape[0], 1, feats.shape[-1] * BENCH_FEATURES.hop_length)
+            z = model.base.sample(shape, 1.0, torch.Generator().manual_seed(0))
+            audio = session.run(None, {"feats": feats.float().numpy(), "z": z.numpy()})[0]
+            return torch.from_numpy(audio)[:, None]
+
+        return student
+
+    return {name: runner(path) for name, path in paths.items()}
 
 
 class PeakMemory:
@@ -329,26 +344,27 @@ def run_benchmark(settings: BenchSettings, out_dir: Path, progress: bool = True)
 
 
 def _onnxruntime_rows(models, settings, device, reference, progress) -> list[BenchRow]:
-    """fp32 rows of every student in onnxruntime, beside (and compared with) PyTorch's."""
+    """fp32 and int8 rows of every student in onnxruntime, beside PyTorch's, with the log-mel
+    distance of their audio from PyTorch's fp32 audio for the same noise."""
     import tempfile
 
     rows = []
     for method in (m for m in settings.methods if not m.startswith("teacher")):
         with tempfile.TemporaryDirectory() as folder:
-            run = _onnx_runner(models[method], Path(folder))
-            for batch in settings.batches:
-                rows += _measure_lengths(
-                    method,
-                    models[method],
-                    run,
-                    batch,
-                    "fp32",
-                    settings,
-                    device,
-                    reference,
-                    progress,
-                    runtime="onnxruntime",
-                )
+            for dtype_name, run in _onnx_runners(models[method], Path(folder)).items():
+                for batch in settings.batches:
+                    rows += _measure_lengths(
+                        method,
+                        models[method],
+                        run,
+                        batch,
+                        dtype_name,
+                        settings,
+                        device,
+                        reference,
+                        progress,
+                        runtime="onnxruntime",
+                    )
     return rows
 
 

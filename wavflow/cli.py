@@ -240,7 +240,7 @@ def _run_train_student(args: argparse.Namespace) -> int:
             )
         objective = likelihood_objective("student", model, recipe.features)
     else:
-        teacher = load_teacher(args.teacher, recipe.features)
+        teacher = load_teacher(args.teacher, recipe.features, speakers)
         objective = distillation_objective(model, teacher, recipe, str(args.teacher))
     state = train(objective, recipe, args.data, args.out, args.resume, not args.quiet, speakers)
     print(
@@ -300,7 +300,7 @@ def _add_synthesize(commands: argparse._SubParsersAction) -> None:
         "(as parallel_wavegan writes them); default: the convention's plain log mels",
     )
     command.add_argument(
-        "--speaker", help="speaker name, for a model trained on several (see its error for names)"
+        "--speaker", help="speaker name, for a model trained on several (an error lists them)"
     )
     command.add_argument("--quiet", action="store_true", help="no progress bar")
     command.set_defaults(run=_run_synthesize)
@@ -448,8 +448,8 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--repeats", type=int, help="timed repeats per configuration (median)")
     command.add_argument(
         "--runtime",
-        help="onnxruntime: also time each student exported to ONNX, fp32 on the CPU, beside "
-        "its PyTorch rows (needs the onnx extra)",
+        help="onnxruntime: also time each student exported to ONNX, fp32 and dynamic int8 on "
+        "the CPU, beside its PyTorch rows (needs the onnx extra)",
     )
     command.add_argument("--threads", type=int, default=0, help="torch threads (default: all)")
     command.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
