@@ -160,16 +160,26 @@ def speaker_count(recipe: Recipe, speakers: list[str]) -> int:
     return len(speakers) if recipe.data.speakers and len(speakers) > 1 else 0
 
 
-def load_teacher(path: str | Path, features: FeatureConfig) -> WaveNet:
-    """A frozen teacher for distillation, its mel settings checked against `features`.
+def load_teacher(
+    path: str | Path, features: FeatureConfig, speakers: list[str] | None = None
+) -> WaveNet:
+    """A frozen teacher for distillation, its mel settings checked against `features` and, for
+    a teacher with speakers, its speaker list against the student data's `speakers` (ids index
+    both lists, so another list would select other voices' embeddings).
 
     Raises:
-        CheckpointError: not a teacher checkpoint; ValueError: feature settings differ.
+        CheckpointError: not a teacher checkpoint, or trained on other speakers; ValueError:
+            feature settings differ.
     """
     model, recipe, state = load_model(path)
     if state["kind"] != "teacher":
         raise CheckpointError(f"{path}: holds a {state['kind']}, not a teacher")
     check_features_match(features, recipe.features, f"teacher checkpoint {path}")
+    own = list(state.get("speakers", []))
+    if speakers is not None and model.capabilities.n_speakers and own != list(speakers):
+        raise CheckpointError(
+            f"{path}: the teacher was trained on speakers {own}, the data has {list(speakers)}"
+        )
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model

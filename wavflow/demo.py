@@ -110,7 +110,7 @@ def _train(
             "teacher", build_teacher(recipe, n_speakers), recipe.features
         )
     else:
-        frozen = load_teacher(teacher, recipe.features)
+        frozen = load_teacher(teacher, recipe.features, speakers)
         objective = distillation_objective(
             build_student(recipe, n_speakers), frozen, recipe, str(teacher)
         )

@@ -53,6 +53,7 @@ class SynthesisOptions:
     use_ema: bool = True
     progress: bool = True
     normalized: bool = False
+    speaker: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -153,18 +154,20 @@ def vocode(
     generator: torch.Generator | None = None,
     frames: list[int] | None = None,
     f0: Tensor | None = None,
+    speaker: Tensor | None = None,
 ) -> Tensor:
     """Mels (B, n_mels, F) -> audio (B, F * hop) with the options' method, dtype and chunking.
 
     Args:
         frames: true frame count of each item (the rest is padding); the teacher stops there.
         f0: (B, F) Hz for pitch-conditioned models; None: predicted from the mels.
+        speaker: (B,) speaker ids for a model with speakers (`speaker_ids`).
     """
     if has_pitch(model) and f0 is None:
         f0 = predict_f0(model, feats)
     if model.capabilities.sequential:
         lengths = None if frames is None else torch.tensor(frames) * features.hop_length
-        cond = model.condition(feats, None, f0)
+        cond = model.condition(feats, speaker, f0)
         weights = DTYPES[options.dtype] if options.dtype != "fp32" else None
         x, _ = model.generate(
             cond, options.method, options.temperature, generator, lengths, weight_dtype=weights
@@ -181,10 +184,10 @@ def vocode(
     seconds = options.chunk_seconds if preferred is None else min(options.chunk_seconds, preferred)
     chunk = _aligned_frames(model, features, seconds)
     if feats.shape[-1] <= chunk:
-        x, _ = model.flow(z, model.condition(feats, None, f0))
+        x, _ = model.flow(z, model.condition(feats, speaker, f0))
         return x[:, 0]
     context = _aligned_frames(model, features, _context_seconds(model, features, options))
-    return _vocode_chunks(model, feats, z, chunk, context, features, f0)
+    return _vocode_chunks(model, feats, z, chunk, context, features, f0, speaker)
 
 
 def _context_seconds(model: nn.Module, features: FeatureConfig, options: SynthesisOptions) -> float:
@@ -210,6 +213,7 @@ def _vocode_chunks(
     context: int,
     features: FeatureConfig,
     f0: Tensor | None,
+    speaker: Tensor | None,
 ) -> Tensor:
     """Synthesise frames [s, s + chunk) from a window with `context` frames before (and after,
     for non-causal students; two frames for causal ones), and keep the middle. Window edges are
@@ -232,13 +236,13 @@ def _vocode_chunks(
         window = torch.nn.functional.pad(window, (0, pad), mode="replicate") if pad else window
         noise = torch.nn.functional.pad(noise, (0, pad * hop))
         if f0 is None:
-            cond = model.condition(window)
+            cond = model.condition(window, speaker)
         else:
             window_f0 = torch.nn.functional.pad(f0[..., span], (0, pad))
             window_phase = torch.nn.functional.pad(
                 phase[..., span.start * hop : span.stop * hop], (0, pad * hop)
             )
-            cond = model.conditioner(window, None, window_f0, window_phase)
+            cond = model.conditioner(window, speaker, window_f0, window_phase)
         x, _ = model.flow(noise, cond)
         pieces.append(x[:, 0, left * hop : (left + stop - start) * hop])
     return torch.cat(pieces, dim=-1)
@@ -257,9 +261,10 @@ def synthesize_files(
 
     Utterances of similar length are batched together (sorted by frames).
     """
-    model, recipe, _ = load_model(checkpoint, use_ema=options.use_ema)
+    model, recipe, state = load_model(checkpoint, use_ema=options.use_ema)
     device = pick_device(options.device)
     model = prepare_for_inference(model, options.dtype, device)
+    speaker = speaker_id(model, state.get("speakers", []), options.speaker)
     features = recipe.features
     if options.normalized:
         normalization_stats(features)  # raises before any input is read when there are none
@@ -277,12 +282,32 @@ def synthesize_files(
         feats, frames = _pad_batch([mel for _, mel, _ in batch], features)
         f0 = _batch_f0([f0 for _, _, f0 in batch], feats, model)
         f0 = None if f0 is None else f0.to(device)
-        audio = vocode(model, feats.to(device), features, options, generator, frames, f0)
+        speakers = None if speaker is None else torch.full((len(batch),), speaker, device=device)
+        audio = vocode(model, feats.to(device), features, options, generator, frames, f0, speakers)
         for (name, _, _), n, wave in zip(batch, frames, audio):
             path = (out_dir / name).with_suffix(".wav")
             save_audio(path, wave[: n * features.hop_length].float().cpu(), features.sample_rate)
             report.written.append(path)
     return report
+
+
+def speaker_id(model: nn.Module, speakers: list[str], name: str | None) -> int | None:
+    """The id of speaker `name` among a checkpoint's `speakers` (None for a model without).
+
+    Raises:
+        ValueError: a name for a model without speakers, none (or an unknown one) for a model
+            with them; the message lists the speakers.
+    """
+    if not model.capabilities.n_speakers:
+        if name is not None:
+            raise ValueError(f"--speaker {name}: this model was trained without speakers")
+        return None
+    if name not in speakers:
+        given = "no --speaker" if name is None else f"--speaker {name}"
+        raise ValueError(
+            f"{given}: this model conditions on speakers, pass one of {', '.join(speakers)}"
+        )
+    return speakers.index(name)
 
 
 @torch.inference_mode()
