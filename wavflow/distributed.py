@@ -1,5 +1,6 @@
 """The processes of a run under `torchrun`: joining the group, each rank's device, its own
-random stream, and what every rank must agree on (when to stop, the RNG states to save).
+random stream, and what every rank must agree on (when to stop, the RNG states to save,
+statistics of data-dependent initialisation).
 
 References:
     Li et al., "PyTorch Distributed: Experiences on Accelerating Data Parallel Training",
@@ -52,6 +53,15 @@ def on_any_rank(flag: bool, device: torch.device, world: int) -> bool:
     value = torch.tensor(float(flag), device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def mean_over_ranks(value: Tensor) -> Tensor:
+    """The mean of `value` over the processes of a DDP run; `value` itself in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / dist.get_world_size()
 
 
 def rng_states(device: torch.device, world: int) -> dict[str, list[Tensor]]:

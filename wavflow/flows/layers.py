@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from wavflow.distributed import mean_over_ranks
 from wavflow.flows.base import Flow
 from wavflow.nn.conv import zero_gain_conv
 from wavflow.nn.precision import at_least_float32, full_precision
@@ -39,20 +39,11 @@ def _zeros(x: Tensor) -> Tensor:
     return x.new_zeros(x.shape[0])
 
 
-def _mean_over_ranks(value: Tensor) -> Tensor:
-    """The mean of `value` over the processes of a DDP run; `value` itself in one process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    value = value.clone()
-    dist.all_reduce(value)
-    return value / dist.get_world_size()
-
-
 def channel_moments(inputs: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation per channel of (B, C, T) `inputs` over batch, time and, under
     DDP, every rank's batch (ranks hold equal batches): (1, C, 1) each."""
-    mean = _mean_over_ranks(inputs.mean(dim=(0, 2), keepdim=True))
-    variance = _mean_over_ranks((inputs - mean).square().mean(dim=(0, 2), keepdim=True))
+    mean = mean_over_ranks(inputs.mean(dim=(0, 2), keepdim=True))
+    variance = mean_over_ranks((inputs - mean).square().mean(dim=(0, 2), keepdim=True))
     return mean, variance.sqrt()
 
 
