@@ -163,22 +163,24 @@ def test_benchmark_has_onnxruntime_rows_beside_pytorch(tmp_path):
         lengths=[0.02],
         batches=[1],
         dtypes=["fp32"],
-        methods=["iaf"],
+        methods=["iaf", "squeezewave"],  # squeezewave: a graph-computed 1x1 weight stays float
         repeats=1,
-        student_presets={"iaf": "tiny"},
+        student_presets={"iaf": "tiny", "squeezewave": "tiny"},
         runtimes=["pytorch", "onnxruntime"],
     )
     rows = run_benchmark(settings, tmp_path, progress=False)["rows"]
-    assert [(row["runtime"], row["dtype"]) for row in rows] == [
-        ("pytorch", "fp32"),
-        ("onnxruntime", "fp32"),
-        ("onnxruntime", "int8"),
-    ]
-    for row in rows[1:]:
-        assert row["median_s"] > 0 and row["flops_per_sample"] == rows[0]["flops_per_sample"]
-    # The same noise: onnxruntime's fp32 audio is PyTorch's; int8 weights cost a little.
-    fp32, int8 = (row["quality_log_mel_db_vs_fp32"] for row in rows[1:])
-    assert fp32 < 0.01 and fp32 < int8 < 10.0
+    for method in ("iaf", "squeezewave"):
+        ours = [row for row in rows if row["method"] == method]
+        assert [(row["runtime"], row["dtype"]) for row in ours] == [
+            ("pytorch", "fp32"),
+            ("onnxruntime", "fp32"),
+            ("onnxruntime", "int8"),
+        ]
+        for row in ours[1:]:
+            assert row["median_s"] > 0 and row["flops_per_sample"] == ours[0]["flops_per_sample"]
+        # The same noise: onnxruntime's fp32 audio is PyTorch's; int8 weights cost a little.
+        fp32, int8 = (row["quality_log_mel_db_vs_fp32"] for row in ours[1:])
+        assert fp32 < 0.01 and fp32 < int8 < 10.0
     table = (tmp_path / "bench.md").read_text()
     assert "| iaf | onnxruntime | fp32 |" in table and "| iaf | onnxruntime | int8 |" in table
     with pytest.raises(ValueError, match="unknown runtime"):
