@@ -220,3 +220,20 @@ def test_no_cpp_inside_python_and_the_source_ships() -> None:
     assert "wavflow_run" in kernel.kernel_source()
     offenders = [path.name for path in package.rglob("*.py") if "#include <" in path.read_text()]
     assert offenders == []
+
+
+def test_the_folded_stack_is_reused_until_the_weights_change() -> None:
+    model = teacher("gaussian", torch.float32)
+    cond, noise = inputs(model, 1)
+    folded = model.incremental()
+    assert model.incremental() is folded
+    before, _ = model.generate(cond, noise=noise)
+    with torch.no_grad():
+        model.stack.head_out.bias.add_(0.1)  # as an optimizer step does: in place
+    assert model.incremental() is not folded
+    after, _ = model.generate(cond, noise=noise)
+    assert (after - before).abs().max() > 1e-3
+    naive, _ = model.generate(cond, method="naive", noise=noise)
+    torch.testing.assert_close(after, naive, rtol=0, atol=2e-5)
+    model.double()  # new storage
+    assert model.incremental().compute_dtype == torch.float64

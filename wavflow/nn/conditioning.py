@@ -263,17 +263,7 @@ class ConditionerBase(nn.Module):
         envelope: bool,
     ) -> None:
         """Set up the shared parts (called after a subclass's own modules, so that parameters
-        keep their order in checkpoints' optimizer state).
-
-        Args:
-            n_mels: mel bands of `feats`.
-            hop_length: audio samples per frame.
-            n_speakers: number of speakers (0: no global conditioning).
-            speaker_channels: embedding width.
-            n_harmonics: harmonics of the F0 excitation (0: no pitch conditioning).
-            sample_rate: audio rate in Hz (needed for the excitation).
-            envelope: also give the mel's log level (`log_envelope`).
-        """
+        keep their order in checkpoints' optimizer state). Arguments as in `Conditioner`."""
         self.hop_length, self.n_speakers = hop_length, n_speakers
         self.speaker = nn.Embedding(n_speakers, speaker_channels) if n_speakers else None
         self.speaker_channels = speaker_channels if n_speakers else 0  # channels in `cond`
