@@ -7,7 +7,9 @@
 # cores without the ablation. Every stage resumes where it stopped.
 #
 # Usage: bash scripts/quality.sh [OUT_DIR (default runs/quality)] [--ablation]
-# Extra settings: RECIPE (default recipes/quality.toml), EVAL_SECONDS (default 4).
+# Extra settings: RECIPE (default recipes/quality.toml), EVAL_SECONDS (default 4),
+# STUDENT_TEMPERATURE (default 0.7: the students are scored a second time with their noise
+# scaled by it, in quality_students_T<t>.md; 1 skips that table).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:-runs/quality}"
@@ -63,6 +65,16 @@ if [ "$ablation" = "--ablation" ]; then
   done
 fi
 stamp evaluate
-"$wavflow" evaluate "${checkpoints[@]}" --audio "$out/heldout" --max-utterances 12 \
-  --max-seconds "${EVAL_SECONDS:-4}" --out "$out/quality.json" --quiet | tee "$out/quality.md"
+evaluate() {  # evaluate NAME TEMPERATURE CHECKPOINT_ARGS...: one table over the held-back speech
+  local name="$1" temperature="$2"; shift 2
+  "$wavflow" evaluate "$@" --audio "$out/heldout" --max-utterances 12 \
+    --max-seconds "${EVAL_SECONDS:-4}" --temperature "$temperature" --out "$out/$name.json" \
+    --quiet | tee "$out/$name.md"
+}
+evaluate quality 1 "${checkpoints[@]}"
+student_temperature="${STUDENT_TEMPERATURE:-0.7}"
+if [ "$student_temperature" != 1 ]; then
+  stamp "evaluate students at temperature $student_temperature"
+  evaluate "quality_students_T$student_temperature" "$student_temperature" "${checkpoints[@]:2}"
+fi
 stamp done
