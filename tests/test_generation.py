@@ -237,3 +237,30 @@ def test_the_folded_stack_is_reused_until_the_weights_change() -> None:
     torch.testing.assert_close(after, naive, rtol=0, atol=2e-5)
     model.double()  # new storage
     assert model.incremental().compute_dtype == torch.float64
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpp"])
+def test_a_row_that_stopped_early_continues_alone(backend: str) -> None:
+    """Each row's state is taken at its own length: row 1, stopped at 30 of 64 samples,
+    continues alone to the samples of a whole run."""
+    if backend == "cpp" and load_kernel() is None:
+        pytest.skip(f"C++ kernel unavailable: {kernel.kernel_error()}")
+    model = teacher("mol", torch.float32 if backend == "cpp" else torch.float64, envelope=True)
+    cond, noise = inputs(model, 2)
+    level = model.log_level(cond)[:, 0]
+    cached = IncrementalWaveNet(model.stack, backend=backend)
+    whole = cached.generate_chunk(cond, model.head, noise, log_level=level)
+    early = cached.generate_chunk(
+        cond, model.head, noise, lengths=torch.tensor([LENGTH, 30]), log_level=level
+    )
+    assert early.state.position.tolist() == [LENGTH, 30]
+    row = torch.tensor([1])
+    rest = cached.generate_chunk(
+        cond[1:, :, 30:],
+        model.head,
+        noise[1:, :, 30:],
+        early.state.select(row),
+        log_level=level[1:, 30:],
+    )
+    tolerance = 2e-5 if backend == "cpp" else 1e-12
+    torch.testing.assert_close(rest.x, whole.x[1:, :, 30:], rtol=0, atol=tolerance)
