@@ -60,6 +60,7 @@ class GenerationState:
 
     @property
     def batch(self) -> int:
+        """Rows B."""
         return self.inputs.shape[0]
 
     def clone(self) -> GenerationState:
@@ -78,6 +79,7 @@ class GenerationState:
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> GenerationState:
+        """The rings and inputs on `device` in `dtype` (positions stay on the CPU)."""
         return GenerationState(
             [ring.to(device, dtype) for ring in self.rings],
             self.inputs.to(device, dtype),
