@@ -4,6 +4,10 @@ Waveforms are float32 in [-1, 1]: numpy `(samples,)` on disk, torch `(B, T)` or 
 models. Mels are `(B, n_mels, frames)` natural-log magnitudes with `frames = T // hop_length`;
 `convention_mel` and `from_convention_mel` convert to and from other toolkits' forms (log10,
 normalised by the training split's statistics).
+
+The filterbank and silence trimming are wavflow's own numpy, equal to librosa's: librosa, with
+its numba and llvmlite, is imported only inside `estimate_f0` (pyin, run by data preparation),
+so that training, synthesis, benchmarks and preparation without F0 run where it is missing.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import functools
 from collections.abc import Iterable
 from pathlib import Path
 
-import librosa
 import numpy as np
 import soundfile as sf
 import soxr
@@ -87,10 +90,41 @@ def save_audio(
     sf.write(str(path), audio, sample_rate, subtype="FLOAT" if float32 else "PCM_16")
 
 
+# librosa.effects.trim's analysis: frames of 2048 samples every 512, centred (zero padding), and
+# its power floor of 1e-10 (an amplitude of 1e-5), which keeps log10 of digital silence finite.
+_TRIM_FRAME = 2048
+_TRIM_HOP = 512
+_TRIM_POWER_FLOOR = 1e-10
+
+
 def trim_silence(audio: np.ndarray, top_db: float = 40.0) -> np.ndarray:
-    """Drop leading and trailing audio quieter than `top_db` below the peak frame."""
-    trimmed, _ = librosa.effects.trim(audio, top_db=top_db)
-    return trimmed
+    """Drop leading and trailing audio quieter than `top_db` below the loudest frame.
+
+    Equal to `librosa.effects.trim(audio, top_db=top_db)[0]`: frame j (2048 samples centred on
+    sample 512 j, zero-padded at the ends) is kept when 10 log10(p_j / max_i p_i) > -top_db,
+    p the mean square floored at 1e-10; the result runs from the first kept frame's centre to
+    one hop past the last one's (at most the end).
+
+    Args:
+        audio: (samples,) float.
+
+    Returns:
+        (kept,) a slice of `audio`; empty when no frame is kept.
+    """
+    power = _frame_power(audio)
+    level_db = 10.0 * np.log10(np.maximum(power, _TRIM_POWER_FLOOR))
+    kept = np.flatnonzero(level_db - level_db.max() > -top_db)
+    if kept.size == 0:
+        return audio[:0]
+    return audio[kept[0] * _TRIM_HOP : min(len(audio), (kept[-1] + 1) * _TRIM_HOP)]
+
+
+def _frame_power(audio: np.ndarray) -> np.ndarray:
+    """Mean square of each centred, zero-padded trimming frame: (samples,) -> (1 + samples // 512,)
+    float64."""
+    padded = np.pad(np.square(audio, dtype=np.float64), _TRIM_FRAME // 2)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, _TRIM_FRAME)[::_TRIM_HOP]
+    return windows.mean(axis=1)
 
 
 def peak_normalize(audio: np.ndarray, peak: float = 0.95) -> np.ndarray:
@@ -120,17 +154,69 @@ def preemphasis(audio: Tensor, coefficient: float) -> Tensor:
     return torch.cat([audio[..., :1], audio[..., 1:] - coefficient * audio[..., :-1]], dim=-1)
 
 
+# Slaney's mel scale (Auditory Toolbox; librosa's default, htk=False): linear below 1 kHz at
+# 200/3 Hz per mel, logarithmic above it with 27 mels per factor 6.4 in frequency.
+_HZ_PER_MEL = 200.0 / 3.0
+_BREAK_HZ = 1000.0
+_BREAK_MEL = _BREAK_HZ / _HZ_PER_MEL
+_LOG_STEP = np.log(6.4) / 27.0
+
+
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """Hz -> Slaney mels: f / (200/3) below 1 kHz, 15 + ln(f / 1000) / (ln 6.4 / 27) above
+    (`librosa.hz_to_mel`, htk=False). Float64, shaped as `hz`."""
+    hz = np.asarray(hz, dtype=np.float64)
+    # The maximum keeps the log finite on the linear branch, which np.where discards.
+    above = _BREAK_MEL + np.log(np.maximum(hz, _BREAK_HZ) / _BREAK_HZ) / _LOG_STEP
+    return np.where(hz >= _BREAK_HZ, above, hz / _HZ_PER_MEL)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    """Inverse of `hz_to_mel` (`librosa.mel_to_hz`, htk=False). Float64, shaped as `mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    above = _BREAK_HZ * np.exp(_LOG_STEP * (np.maximum(mel, _BREAK_MEL) - _BREAK_MEL))
+    return np.where(mel >= _BREAK_MEL, above, mel * _HZ_PER_MEL)
+
+
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, norm: str = "slaney"
+) -> np.ndarray:
+    """Triangular mel filters on the rfft bins, equal to `librosa.filters.mel` (htk=False).
+
+    Band i rises from edge e_i to e_{i+1} and falls to e_{i+2}, with the n_mels + 2 edges
+    equally spaced in Slaney mels from fmin to fmax; at bin frequency f its weight is
+    max(0, min((f - e_i) / (e_{i+1} - e_i), (e_{i+2} - f) / (e_{i+2} - e_{i+1}))). With
+    norm "slaney" band i is scaled by 2 / (e_{i+2} - e_i), so that every band has area 1 in Hz;
+    "none" leaves peaks of 1.
+
+    Args:
+        sample_rate: audio rate in Hz.
+        n_fft: FFT size; the filters cover its n_fft // 2 + 1 bins, k * sample_rate / n_fft Hz.
+        n_mels: number of bands.
+        fmin, fmax: lowest and highest edge in Hz.
+        norm: "slaney" (area normalisation) or "none".
+
+    Returns:
+        (n_mels, n_fft // 2 + 1) float32 weights.
+    """
+    if norm not in ("slaney", "none"):
+        raise ValueError(f"mel norm must be 'slaney' or 'none': {norm!r}")
+    bins_hz = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)  # (n_fft // 2 + 1,)
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    widths = np.diff(edges)  # (n_mels + 1,)
+    offsets = edges[:, None] - bins_hz[None, :]  # (n_mels + 2, bins): e_j - f
+    rising = -offsets[:-2] / widths[:-1, None]
+    falling = offsets[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))  # (n_mels, bins)
+    if norm == "slaney":
+        weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
 @functools.lru_cache(maxsize=16)
 def _mel_basis(cfg: FeatureConfig) -> np.ndarray:
-    """The (n_mels, n_fft // 2 + 1) librosa filterbank for `cfg`."""
-    return librosa.filters.mel(
-        sr=cfg.sample_rate,
-        n_fft=cfg.n_fft,
-        n_mels=cfg.n_mels,
-        fmin=cfg.fmin,
-        fmax=cfg.fmax,
-        norm="slaney" if cfg.mel_norm == "slaney" else None,
-    ).astype(np.float32)
+    """The (n_mels, n_fft // 2 + 1) filterbank for `cfg` (`mel_filterbank`)."""
+    return mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax, cfg.mel_norm)
 
 
 def stft_magnitude(
@@ -192,9 +278,10 @@ def _convention_magnitude(audio: Tensor, cfg: FeatureConfig) -> Tensor:
 def log_mel(audio: Tensor, cfg: FeatureConfig) -> Tensor:
     """The log-mel spectrogram used by data preparation, losses and evaluation (CPU or GPU).
 
-    mel = ln(max(M |STFT(preemph(x))|, floor)), M the librosa filterbank, always natural-log
-    inside wavflow (models, losses, prepared data); `convention_mel` writes other toolkits' form.
-    The STFT follows `cfg.convention` (T samples give T // hop frames in every convention):
+    mel = ln(max(M |STFT(preemph(x))|, floor)), M librosa's Slaney filterbank (`mel_filterbank`),
+    always natural-log inside wavflow (models, losses, prepared data); `convention_mel` writes
+    other toolkits' form. The STFT follows `cfg.convention` (T samples give T // hop frames in
+    every convention):
 
     - "wavflow": reflect padding of (n_fft - hop) / 2 each side, frames not centred,
       |z| = sqrt(max(|z|^2, 1e-12)); frame j covers samples [j hop, (j + 1) hop) at its centre.
@@ -322,7 +409,7 @@ TYPICAL_LOG_MEL_MEAN = -5.8
 def estimate_f0(
     audio: np.ndarray, cfg: FeatureConfig, f0_min: float = 60.0, f0_max: float = 500.0
 ) -> np.ndarray:
-    """F0 in Hz at the mel frame rate (pyin), 0 where unvoiced.
+    """F0 in Hz at the mel frame rate (librosa's pyin), 0 where unvoiced.
 
     Frame j of `log_mel` is centred on sample j * hop + hop / 2, so pyin runs on the audio from
     sample hop / 2 on, with centred frames of the same hop.
@@ -333,6 +420,9 @@ def estimate_f0(
     Returns:
         (samples // hop_length,) float32.
     """
+    # Imported here: librosa brings numba and llvmlite, which training and synthesis never need.
+    import librosa
+
     frames = len(audio) // cfg.hop_length
     frame_length = max(cfg.n_fft, int(2 ** np.ceil(np.log2(3 * cfg.sample_rate / f0_min))))
     f0, voiced, _ = librosa.pyin(

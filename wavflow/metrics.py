@@ -35,22 +35,18 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from types import ModuleType
 
-import librosa
 import numpy as np
-import pystoi
 import scipy.signal
 import torch
-from pesq import PesqError, pesq
 from torch import Tensor
 
 from wavflow.audio import estimate_f0, log_mel, resample, stft_magnitude
 from wavflow.config import FeatureConfig
 
-with warnings.catch_warnings():
-    # pysptk 1.0.1 imports the deprecated pkg_resources (for its example audio only).
-    warnings.simplefilter("ignore", UserWarning)
-    import pysptk
+# pesq, pystoi, pysptk and librosa are imported inside the functions that use them: training
+# imports this module (through validation), and the GPU machine that trains has none of them.
 
 SILENCE_DB = 40.0
 PESQ_RATE = 16000
@@ -95,6 +91,8 @@ def pesq_wideband(real: Audio, fake: Audio, sample_rate: int) -> float:
     Returns:
         The score, or NaN when PESQ finds no speech in `real` (e.g. silence, under 0.25 s).
     """
+    from pesq import PesqError, pesq
+
     real, fake = (resample(x.astype(np.float32), sample_rate, PESQ_RATE) for x in (real, fake))
     real, fake = _aligned(real, fake)
     # Dither at -120 dBFS, far below 16-bit resolution: the package divides by the output's
@@ -114,6 +112,8 @@ def short_time_objective_intelligibility(real: Audio, fake: Audio, sample_rate: 
     Args:
         real, fake: one utterance each, (T,) at `sample_rate`.
     """
+    import pystoi
+
     real, fake = _aligned(real, fake)
     return float(pystoi.stoi(real, fake, sample_rate, extended=False))
 
@@ -185,7 +185,7 @@ def mcd_analysis(sample_rate: int) -> tuple[int, int, int]:
 @functools.lru_cache(maxsize=8)
 def mcd_alpha(sample_rate: int) -> float:
     """All-pass constant whose warping best fits the mel scale (`pysptk.util.mcepalpha`)."""
-    return float(pysptk.util.mcepalpha(sample_rate))
+    return float(_pysptk().util.mcepalpha(sample_rate))
 
 
 def mel_cepstra(
@@ -217,7 +217,17 @@ def mel_cepstra(
 @functools.lru_cache(maxsize=8)
 def _warping_matrix(length: int, order: int, alpha: float) -> np.ndarray:
     """(length, order + 1): row i is `pysptk.freqt` of the i-th unit cepstrum."""
-    return np.stack([pysptk.freqt(row, order, alpha) for row in np.eye(length)])
+    freqt = _pysptk().freqt
+    return np.stack([freqt(row, order, alpha) for row in np.eye(length)])
+
+
+def _pysptk() -> ModuleType:
+    """The pysptk module, imported on first use."""
+    with warnings.catch_warnings():
+        # pysptk 1.0.1 imports the deprecated pkg_resources (for its example audio only).
+        warnings.simplefilter("ignore", UserWarning)
+        import pysptk
+    return pysptk
 
 
 def mel_cepstral_distortion(
@@ -314,6 +324,8 @@ def griffin_lim(
     Returns:
         (frames * hop,) float32.
     """
+    import librosa
+
     mel = np.exp(np.asarray(torch.as_tensor(mel).double().cpu()))
     magnitude = librosa.feature.inverse.mel_to_stft(
         mel,
