@@ -23,7 +23,7 @@ from dataclasses import asdict
 
 import torch
 
-from wavflow.benchmark import BENCH_FEATURES
+from wavflow.benchmark import BENCH_FEATURES, time_naive_steps
 from wavflow.benchmark import DTYPES as BENCH_DTYPES
 from wavflow.config import TeacherConfig
 from wavflow.generation import IncrementalWaveNet, kernel_cache_dir, kernel_error
@@ -41,7 +41,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", default="fp32,bf16", help="weight dtypes: fp32,bf16,fp64")
     parser.add_argument("--backend", default="auto", help="cached backend(s): auto,cpp,eager")
     parser.add_argument("--threads", type=int, default=2, help="torch and kernel threads")
-    parser.add_argument("--naive-seconds", type=float, default=0.005, help="0 skips naive")
+    parser.add_argument(
+        "--naive-fields",
+        type=float,
+        default=0.2,
+        help="steady-state naive steps timed, in receptive fields, after one of warm-up (0 skips)",
+    )
     parser.add_argument(
         "--naive-threads",
         type=int,
@@ -118,11 +123,14 @@ def bench_cached(teacher, dtype, backend, batch, length, repeats, seed) -> dict:
     return {"backend": used, **summarise(times, batch, length)}
 
 
-def bench_naive(teacher, batch, length, seed) -> dict:
-    cond, noise = make_inputs(teacher, batch, length, seed)
-    teacher.generate(cond[:, :, :8], method="naive", noise=noise[:, :, :8])
-    times = time_runs(lambda: teacher.generate(cond, method="naive", noise=noise), 1)
-    return summarise(times, batch, length)
+def bench_naive(teacher, batch, steps, seed) -> dict:
+    """Steady-state naive steps (full receptive-field windows, `time_naive_steps`)."""
+    frames = math.ceil((teacher.receptive_field + steps) / BENCH_FEATURES.hop_length)
+    feats = torch.randn(
+        1, BENCH_FEATURES.n_mels, frames, generator=torch.Generator().manual_seed(seed)
+    )
+    naive = time_naive_steps(teacher, feats.expand(batch, -1, -1), steps)
+    return summarise(naive.seconds, batch, 1) | {"window": min(naive.windows)}
 
 
 def params_check(teacher, dtype, backend, length, seed) -> dict:
@@ -203,13 +211,13 @@ def main() -> None:
             print(f"  check vs fp32 teacher-forced: {check}")
     if kernel_error():
         results["kernel_error"] = kernel_error()
-    if args.naive_seconds > 0:
-        naive_length = round(args.naive_seconds * SAMPLE_RATE)
+    if args.naive_fields > 0:
+        naive_steps = max(1, round(args.naive_fields * teacher.receptive_field))
         torch.set_num_threads(args.naive_threads)
         results["naive_threads"] = args.naive_threads
         for batch in batches:
-            row = bench_naive(teacher, batch, naive_length, args.seed)
-            row |= {"dtype": "fp32", "batch": batch, "samples": naive_length}
+            row = bench_naive(teacher, batch, naive_steps, args.seed)
+            row |= {"dtype": "fp32", "batch": batch, "steps": naive_steps}
             results["naive"].append(row)
             print(
                 f"naive       fp32 batch {batch:3d}: {row['samples_per_s']:9.0f} samples/s  "

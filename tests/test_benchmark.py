@@ -5,8 +5,25 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from wavflow.benchmark import BenchSettings, run_benchmark
+from wavflow.benchmark import (
+    BENCH_FEATURES,
+    QUICK,
+    BenchSettings,
+    bench_models,
+    run_benchmark,
+    time_naive_steps,
+)
+from wavflow.flows import STUDENTS
+
+TINY_TEACHER = {
+    "n_layers": 4,
+    "n_cycles": 2,
+    "residual_channels": 8,
+    "gate_channels": 16,
+    "skip_channels": 8,
+}
 
 
 def test_benchmark_writes_json_table_and_plot(tmp_path):
@@ -16,14 +33,8 @@ def test_benchmark_writes_json_table_and_plot(tmp_path):
         dtypes=["fp32", "bf16"],
         methods=["teacher-naive", "teacher-cached", "iaf", "waveglow"],
         repeats=1,
-        naive_seconds=0.005,
-        teacher_sizes={
-            "n_layers": 4,
-            "n_cycles": 2,
-            "residual_channels": 8,
-            "gate_channels": 16,
-            "skip_channels": 8,
-        },
+        naive_fields=1.0,
+        teacher_sizes=TINY_TEACHER,
         student_presets={"iaf": "tiny", "waveglow": "tiny"},
     )
     result = run_benchmark(settings, tmp_path, progress=False)
@@ -33,8 +44,12 @@ def test_benchmark_writes_json_table_and_plot(tmp_path):
     assert methods == {"teacher-naive", "teacher-cached", "iaf", "waveglow"}
     for row in result["rows"]:
         assert row["median_s"] > 0 and row["samples_per_s"] > 0 and row["flops_per_sample"] > 0
-        if row["method"] != "teacher-naive":
-            assert row["speedup_vs_naive"] is not None and row["speedup_vs_cached"] is not None
+        assert row["speedup_vs_cached"] is not None
+        # The naive teacher runs at batch 1 only, so only batch-1 rows have a naive speed-up.
+        assert (row["speedup_vs_naive"] is not None) == (row["batch"] == 1)
+    naive = [row for row in result["rows"] if row["method"] == "teacher-naive"]
+    receptive_field = bench_models(settings)["teacher"].receptive_field
+    assert naive and all(row["naive_min_window"] == receptive_field for row in naive)
     bf16 = [r for r in result["rows"] if r["dtype"] == "bf16" and r["method"] == "iaf"]
     assert bf16 and all(r["quality_log_mel_db_vs_fp32"] is not None for r in bf16)
     assert "| teacher-cached |" in (tmp_path / "bench.md").read_text()
@@ -46,3 +61,25 @@ def test_benchmark_rejects_unknown_settings():
         BenchSettings(lengths=[1.0], batches=[1], dtypes=["fp32"], methods=["hifigan"])
     with pytest.raises(ValueError, match="unknown dtype"):
         BenchSettings(lengths=[1.0], batches=[1], dtypes=["fp8"], methods=["iaf"])
+
+
+def test_naive_timing_covers_the_receptive_field():
+    """Every timed naive step runs on a full window: the set-up of the measurement, not a speed
+    (a step on a shorter window, as one 256-sample frame gave, would be cheaper per sample)."""
+    settings = BenchSettings(
+        lengths=[0.01],
+        batches=[1],
+        dtypes=["fp32"],
+        methods=["teacher-naive"],
+        teacher_sizes=TINY_TEACHER,
+    )
+    teacher = bench_models(settings)["teacher"]
+    field_samples, steps = teacher.receptive_field, 7
+    frames = -(-(field_samples + steps) // BENCH_FEATURES.hop_length)
+    naive = time_naive_steps(teacher, torch.randn(1, BENCH_FEATURES.n_mels, frames), steps)
+    assert len(naive.seconds) == steps and all(s > 0 for s in naive.seconds)
+    assert naive.windows == [field_samples] * steps
+
+
+def test_quick_benchmark_has_every_student():
+    assert set(STUDENTS) <= set(QUICK.methods)

@@ -7,9 +7,12 @@ second of audio), speed-ups over the teacher's naive and cached paths measured i
 FLOPs per sample (counted with `torch.utils.flop_counter` on the parallel pass), achieved FLOP/s
 against this machine's ceiling (a matmul and a convolution probe), and peak memory.
 
-The naive teacher costs a whole receptive-field pass per sample, so it is timed on at most
-`naive_seconds` of audio and its rate (constant per sample) extrapolated to longer lengths;
-such rows say "extrapolated".
+The naive teacher costs a whole receptive-field pass per sample. Its first R steps (R the
+receptive field) see shorter windows and cost less, so it is timed in steady state: one call of
+R + N steps, of which the N after the window has filled are timed step by step
+(`time_naive_steps`, N = `naive_fields` receptive fields), and its rate (constant per sample
+from then on) is extrapolated to each length; such rows say "extrapolated". It runs at batch 1
+only: a batch of B costs B receptive-field passes per step, minutes at the published size.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class BenchRow:
     speedup_vs_cached: float | None = None
     quality_log_mel_db_vs_fp32: float | None = None
     runtime: str = "pytorch"
+    # teacher-naive: the shortest stack input among the timed steps (samples), which is the
+    # receptive field when every timed step was a steady-state one.
+    naive_min_window: int | None = None
 
 
 def bench_models(settings: BenchSettings) -> dict[str, nn.Module]:
@@ -221,6 +227,59 @@ def time_call(
     return times, output, memory.peak_mb
 
 
+@dataclass
+class NaiveSteps:
+    """Wall seconds of the naive teacher's steady-state steps, and the windows they ran on."""
+
+    seconds: list[float]
+    windows: list[int]
+
+
+def time_naive_steps(model: WaveNet, feats: Tensor, steps: int) -> NaiveSteps:
+    """Time `steps` naive-generation steps that each run the stack over a full receptive field.
+
+    The naive method restarts at t = 0 on every call and its step t runs the stack on the last
+    min(t + 1, R) inputs, so a short call (as earlier versions timed: one 256-sample frame
+    against R = 506) is cheaper per sample than generation in steady state. One call of
+    R + `steps` samples is made; a forward pre-hook on the stack stamps the start of every step
+    and records its window, and the gaps between consecutive stamps from step R - 1 on (the
+    first full window) are the step times. The first R steps are the warm-up.
+
+    Args:
+        model: the teacher, in eval mode.
+        feats: (B, n_mels, F) mels with F * hop >= R + `steps`.
+        steps: steady-state steps to time (>= 1).
+
+    Returns:
+        the `steps` step times (seconds; each generates B samples) and the windows (samples)
+        of the steps they time.
+    """
+    field_samples = model.receptive_field
+    length = field_samples + steps
+    stamps: list[float] = []
+    windows: list[int] = []
+
+    def stamp(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        if inputs[0].is_cuda:
+            torch.cuda.synchronize(inputs[0].device)
+        stamps.append(time.perf_counter())
+        windows.append(inputs[0].shape[-1])
+
+    handle = model.stack.register_forward_pre_hook(stamp)
+    try:
+        with torch.inference_mode():
+            cond = model.condition(feats)[:, :, :length]
+            model.generate(cond, "naive", generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    # The call made exactly one stack pass per step; the last step has no stamp after it.
+    timed = stamps[field_samples - 1 :]
+    return NaiveSteps(
+        seconds=[after - before for before, after in zip(timed, timed[1:])],
+        windows=windows[field_samples - 1 : -1],
+    )
+
+
 def flops_per_sample(method: str, model: nn.Module, feats: Tensor) -> float:
     """FLOPs of generating one sample, counted on the parallel pass (for the teacher: one
     teacher-forced pass, the same arithmetic the cached path does per step; the naive path does
@@ -262,7 +321,8 @@ class BenchSettings:
     dtypes: list[str]
     methods: list[str]
     repeats: int = 3
-    naive_seconds: float = 0.01
+    # Steady-state naive steps timed, in receptive fields (after one receptive field of warm-up).
+    naive_fields: float = 3.0
     device: str = "cpu"
     threads: int = 0
     teacher_sizes: dict = field(default_factory=dict)
@@ -290,15 +350,15 @@ QUICK = BenchSettings(
     lengths=[0.1, 0.25],
     batches=[1],
     dtypes=["fp32"],
-    methods=["teacher-naive", "teacher-cached", "iaf", "waveglow", "flowavenet"],
+    methods=["teacher-naive", "teacher-cached", "iaf", "waveglow", "flowavenet", "squeezewave"],
     repeats=2,
-    naive_seconds=0.005,
+    naive_fields=0.2,
 )
 DEFAULT = BenchSettings(
     lengths=[0.25, 1.0, 4.0],
     batches=[1, 8],
     dtypes=["fp32", "bf16"],
-    methods=["teacher-naive", "teacher-cached", "iaf", "waveglow", "flowavenet"],
+    methods=["teacher-naive", "teacher-cached", "iaf", "waveglow", "flowavenet", "squeezewave"],
 )
 
 
@@ -318,7 +378,8 @@ def run_benchmark(settings: BenchSettings, out_dir: Path, progress: bool = True)
                 continue
             model = models["teacher" if method.startswith("teacher") else method]
             run = _runner(method, model, dtype)
-            for batch in settings.batches:
+            batches = [1] if method == "teacher-naive" else settings.batches
+            for batch in batches:
                 rows += _measure_lengths(
                     method, model, run, batch, dtype_name, settings, device, reference, progress
                 )
@@ -388,7 +449,7 @@ def _measure_lengths(
 ):
     rows = []
     flops = None
-    naive_rate = None
+    naive = None
     for seconds in settings.lengths:
         frames = max(1, round(seconds * BENCH_FEATURES.sample_rate / BENCH_FEATURES.hop_length))
         feats = torch.randn(
@@ -398,20 +459,9 @@ def _measure_lengths(
         if flops is None:
             flops = flops_per_sample(method, model, feats[:1, :, : min(frames, 8)].float())
         if method == "teacher-naive":
-            if naive_rate is None:
-                short = max(
-                    1,
-                    round(
-                        settings.naive_seconds
-                        * BENCH_FEATURES.sample_rate
-                        / BENCH_FEATURES.hop_length
-                    ),
-                )
-                times, _, memory = time_call(
-                    lambda f=feats, n=short: run(f[:, :, :n]), settings.repeats, device
-                )
-                naive_rate = batch * short * BENCH_FEATURES.hop_length / statistics.median(times)
-            median = samples / naive_rate
+            if naive is None:
+                naive, memory = _steady_naive(model, batch, settings, device)
+            median = samples * statistics.median(naive.seconds) / batch
             extrapolated = True
         else:
             times, output, memory = time_call(lambda f=feats: run(f), settings.repeats, device)
@@ -429,6 +479,7 @@ def _measure_lengths(
             peak_memory_mb=memory,
             extrapolated=extrapolated,
             runtime=runtime,
+            naive_min_window=min(naive.windows) if naive else None,
         )
         if not extrapolated and not method.startswith("teacher"):
             key = (method, seconds, batch)
@@ -450,6 +501,22 @@ def _measure_lengths(
             )
         rows.append(row)
     return rows
+
+
+def _steady_naive(
+    model: WaveNet, batch: int, settings: BenchSettings, device: torch.device
+) -> tuple[NaiveSteps, float]:
+    """The naive teacher's steady-state step times at `batch` (`time_naive_steps`, over
+    `naive_fields` receptive fields) and the peak memory growth (MB) of that call."""
+    steps = max(1, round(settings.naive_fields * model.receptive_field))
+    samples = model.receptive_field + steps
+    frames = -(-samples // BENCH_FEATURES.hop_length)  # ceil: cond covers every step
+    feats = torch.randn(
+        batch, BENCH_FEATURES.n_mels, frames, generator=torch.Generator().manual_seed(1)
+    ).to(device)
+    with PeakMemory(device) as memory:
+        naive = time_naive_steps(model, feats, steps)
+    return naive, memory.peak_mb
 
 
 def _add_speedups(rows: list[BenchRow]) -> None:
@@ -490,7 +557,7 @@ def markdown_table(result: dict) -> str:
             return "-" if value is None else format(value, spec)
 
         lines.append(
-            f"| {row['method']}{' (extrapolated)' if row['extrapolated'] else ''} "
+            f"| {row['method']}{' (steady state, extrapolated)' if row['extrapolated'] else ''} "
             f"| {row.get('runtime', 'pytorch')} | {row['dtype']} "
             f"| {row['batch']} | {row['seconds_of_audio']:.2f} | {row['median_s']:.3f} "
             f"| {row['samples_per_s']:.0f} | {row['real_time_factor']:.3f} "
