@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from wavflow.audio import _mel_basis, hz_to_mel, mel_to_hz, trim_silence
 from wavflow.config import FeatureConfig
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # What the GPU machine lacks: needed only for F0 in preparation, and for evaluation's metrics.
 GPU_MACHINE_LACKS = ("librosa", "numba", "llvmlite", "sklearn", "pesq", "pystoi", "pysptk")
 
@@ -130,3 +132,23 @@ def test_the_subprocess_probe_would_see_a_librosa_import() -> None:
     probe = f"import sys; sys.modules.update(dict.fromkeys({GPU_MACHINE_LACKS!r})); import librosa"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode != 0 and "librosa" in result.stderr
+
+
+def test_validation_metrics_without_pysptk_and_librosa_give_the_log_mel_distance() -> None:
+    """A student's validation on the GPU machine: MCD and F0 need packages it lacks, so only
+    the log-mel distance is reported (instead of the run stopping at its first validation)."""
+    probe = "; ".join(
+        [
+            "import sys",
+            f"sys.modules.update(dict.fromkeys({GPU_MACHINE_LACKS!r}))",
+            "import torch",
+            "from wavflow.config import load_recipe",
+            "from wavflow.validation import sample_metrics",
+            f"recipe = load_recipe({str(RECIPES / 'tiny_teacher.toml')!r})",
+            "real = torch.randn(2, 1, 4096, generator=torch.Generator().manual_seed(0))",
+            "print(sorted(sample_metrics(0.5 * real, real, recipe)))",
+        ]
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['log_mel_db']"

@@ -6,6 +6,7 @@ finished model on whole utterances, with anchors, come from `wavflow.evaluation`
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -65,15 +66,19 @@ def sample_metrics(
     """Spectral and pitch distances of generated crops (B, 1, T) to the real crops.
 
     Frames of all items are pooled. `real_f0` (B, T // hop) Hz is the real side's F0 where
-    `prepare` stored it; otherwise pyin tracks it.
+    `prepare` stored it; otherwise pyin tracks it. MCD needs pysptk and the F0 errors librosa's
+    pyin; where those are not installed (the GPU machine of scripts/gpu_check.sh) only
+    "log_mel_db" is given.
     """
     features = recipe.features
+    values = {"log_mel_db": metrics.log_mel_distance(real, fake, features)}
+    if not all(importlib.util.find_spec(name) for name in ("pysptk", "librosa")):
+        return values
     if real_f0 is None:
         real_f0_np = _pooled_f0(real, recipe)
     else:
         real_f0_np = real_f0.float().cpu().numpy().reshape(-1)
-    return {
-        "log_mel_db": metrics.log_mel_distance(real, fake, features),
+    return values | {
         "mcd_db": metrics.mel_cepstral_distortion(real, fake, features.sample_rate),
         **metrics.f0_errors(real_f0_np, _pooled_f0(fake, recipe)),
     }
