@@ -16,7 +16,7 @@ from wavflow.audio import load_audio
 from wavflow.checkpoint import build_student, build_teacher, checkpoint_state, save_checkpoint
 from wavflow.cli import main
 from wavflow.config import load_recipe
-from wavflow.synthesis import SynthesisOptions, vocode
+from wavflow.synthesis import SynthesisOptions, _items_per_pass, vocode
 
 TINY_STUDENTS = {
     "iaf": [
@@ -327,3 +327,19 @@ def test_normalized_needs_statistics_in_the_checkpoint(tmp_path):
         synthesize_files(
             checkpoint, [tmp_path], tmp_path / "out", SynthesisOptions(normalized=True)
         )
+
+
+def test_a_batch_synthesised_in_groups_equals_one_pass(tmp_path):
+    """Long utterances of a chunk-preferring student go through in groups of utterances that fit
+    its chunk (for speed, see `_items_per_pass`); the audio is the whole batch's single pass."""
+    recipe, model, _ = _student("iaf", tmp_path)
+    model.eval()
+    frames = 300
+    feats = torch.randn(3, 20, frames)
+    assert _items_per_pass(model, recipe.features, 3, frames) == 2  # groups of 2 and 1
+    options = SynthesisOptions(chunk_seconds=10.0)
+    grouped = vocode(model, feats, recipe.features, options, torch.Generator().manual_seed(1))
+    z = model.base.sample((3, 1, frames * 64), 1.0, torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        whole, _ = model.flow(z, model.condition(feats))
+    assert torch.equal(grouped, whole[:, 0])
