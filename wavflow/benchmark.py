@@ -547,7 +547,8 @@ def markdown_table(result: dict) -> str:
     lines = [
         f"torch {result['torch']}, {result['device']}, {result['threads']} threads",
         "",
-        "| method | runtime | dtype | batch | audio (s) | median (s) | samples/s | RTF | x naive "
+        "| method | runtime | dtype | batch | audio (s) | median (s) | samples/s (batch total) "
+        "| RTF | x naive "
         "| x cached | MFLOP/sample | GFLOP/s | peak MB | log-mel dB vs PyTorch fp32 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
