@@ -9,7 +9,8 @@ medians are reported:
   whose chunks are shorter than the look-ahead needs several pushes before it);
 - look-ahead: audio time the model holds back (`stream_plan`), a latency no compute removes;
 - RTF: compute seconds per second of audio over the whole stream, and per chunk (the median
-  chunk's compute over its duration: below 1, a live stream keeps up).
+  compute of a push that returned audio over the chunk's duration: below 1, a live stream
+  keeps up; a stream shorter than the look-ahead has only its flush).
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def _time_stream(
     session: StreamSession, feats: Tensor, size: int, repeats: int, device: torch.device
 ) -> tuple[float, float, float]:
     """Warm up once, then stream `repeats` times: median compute seconds until the first
-    audio, for the whole stream, and per pushed chunk (median over every chunk timed)."""
+    audio, for the whole stream, and per pushed chunk that returned audio (median over every
+    such chunk timed)."""
     chunks = [feats[..., i : i + size] for i in range(0, feats.shape[-1], size)]
     firsts, totals, per_chunk = [], [], []
     for repeat in range(repeats + 1):
@@ -145,12 +147,14 @@ def _time_stream(
             now = time.perf_counter()
             if first is None and audio.shape[-1]:
                 first = now - start
-            chunk_times.append(now - last)
+            if audio.shape[-1]:  # pushes that only fill the look-ahead cost next to nothing
+                chunk_times.append(now - last)
             last = now
         if repeat:  # the first pass warms up
             firsts.append(first or 0.0)
             totals.append(last - start)
-            per_chunk += chunk_times[:-1]  # the flush is no pushed chunk
+            # The flush is no pushed chunk, unless the whole stream fit in the look-ahead.
+            per_chunk += chunk_times[:-1] or chunk_times
     return statistics.median(firsts), statistics.median(totals), statistics.median(per_chunk)
 
 
