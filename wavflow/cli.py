@@ -447,6 +447,12 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     )
     command.add_argument("--repeats", type=int, help="timed repeats per configuration (median)")
     command.add_argument(
+        "--naive-fields",
+        type=float,
+        help="steady-state naive-teacher steps timed, in receptive fields, after one receptive "
+        "field of warm-up (default 3; --quick 0.2)",
+    )
+    command.add_argument(
         "--runtime",
         help="onnxruntime: also time each student exported to ONNX, fp32 and dynamic int8 on "
         "the CPU, beside its PyTorch rows (needs the onnx extra)",
@@ -476,6 +482,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         changes["methods"] = args.methods.split(",")
     if args.repeats:
         changes["repeats"] = args.repeats
+    if args.naive_fields:
+        changes["naive_fields"] = args.naive_fields
     if args.runtime:
         changes["runtimes"] = list(dict.fromkeys(["pytorch", *args.runtime.split(",")]))
     run_benchmark(dataclasses.replace(settings, **changes), args.out)
