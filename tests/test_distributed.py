@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from wavflow.checkpoint import build_student, build_teacher, load_checkpoint
 from wavflow.config import Recipe, load_recipe
 from wavflow.distributed import rank_seed, set_rng_states
-from wavflow.training import Objective, distillation_objective, likelihood_objective, train
+from wavflow.objectives import Objective, distillation_objective, likelihood_objective
+from wavflow.training import train
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny_teacher.toml"
 RUNS = [  # (model, objective): the teacher, every student by maximum likelihood where it can be

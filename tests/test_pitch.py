@@ -225,13 +225,13 @@ def test_aligned_phase_finds_the_fundamentals_offset():
 
 
 def test_a_phase_aligned_teacher_trains_with_the_aligned_excitation(monkeypatch):
-    from wavflow import training
+    from wavflow import objectives
 
     model = _pitch_teacher(align_phase=True)
     seen = []
-    real = training.aligned_phase
-    monkeypatch.setattr(training, "aligned_phase", lambda *a: seen.append(a) or real(*a))
-    objective = training.likelihood_objective("teacher", model, None)
+    real = objectives.aligned_phase
+    monkeypatch.setattr(objectives, "aligned_phase", lambda *a: seen.append(a) or real(*a))
+    objective = objectives.likelihood_objective("teacher", model, None)
     batch = {
         "audio": 0.1 * torch.randn(2, 1, 64, dtype=torch.float64),
         "feats": torch.randn(2, 8, 4, dtype=torch.float64),
@@ -240,7 +240,7 @@ def test_a_phase_aligned_teacher_trains_with_the_aligned_excitation(monkeypatch)
     }
     losses = objective.loss(batch)
     assert seen and torch.isfinite(losses["nll"])
-    unaligned = training.LikelihoodLoss(model)(batch)["nll"]
+    unaligned = objectives.LikelihoodLoss(model)(batch)["nll"]
     assert not torch.equal(losses["nll"], unaligned)  # the phase changed the excitation
     # Validation (and so best.pt) scores the objective that training minimises.
     assert objective.validate(model, [batch])["nll"] == pytest.approx(float(losses["nll"]))

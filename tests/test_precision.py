@@ -19,7 +19,8 @@ from wavflow.data import PreparedData, SegmentDataset
 from wavflow.distill import DistillLoss
 from wavflow.flows import IAFStudent, WaveGlow
 from wavflow.nn.wavenet import WaveNetStack
-from wavflow.training import LikelihoodLoss, likelihood_objective, train
+from wavflow.objectives import LikelihoodLoss, likelihood_objective
+from wavflow.training import train
 
 TINY_TEACHER = Path(__file__).resolve().parents[1] / "recipes" / "tiny_teacher.toml"
 

@@ -18,15 +18,8 @@ from torch import nn
 
 from wavflow.checkpoint import CheckpointError, build_teacher, load_checkpoint, load_model
 from wavflow.config import load_recipe
-from wavflow.training import (
-    EMA,
-    LikelihoodLoss,
-    Objective,
-    TrainingError,
-    learning_rate,
-    likelihood_objective,
-    train,
-)
+from wavflow.objectives import LikelihoodLoss, Objective, likelihood_objective
+from wavflow.training import EMA, TrainingError, learning_rate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny_teacher.toml"
@@ -170,6 +163,25 @@ def test_new_run_refuses_to_overwrite_checkpoints(prepared_dir, tmp_path):
     train(_teacher_objective(recipe), recipe, prepared_dir, tmp_path / "run", progress=False)
     with pytest.raises(TrainingError, match="--resume"):
         train(_teacher_objective(recipe), recipe, prepared_dir, tmp_path / "run", progress=False)
+
+
+def test_train_uses_the_dataset_it_is_given_without_opening_it_again(
+    prepared_dir, tmp_path, monkeypatch
+):
+    from wavflow.data import DataError, PreparedData
+
+    recipe = load_recipe(TINY, ["train.steps=2", "train.eval_every=1000"])
+    data = PreparedData(prepared_dir, expected=recipe.features)
+    opened = []
+    real_init = PreparedData.__init__
+    monkeypatch.setattr(
+        PreparedData, "__init__", lambda self, *a, **k: opened.append(a) or real_init(self, *a, **k)
+    )
+    state = train(_teacher_objective(recipe), recipe, data, tmp_path / "run", progress=False)
+    assert state.step == 2 and opened == []
+    with pytest.raises(DataError, match="without F0"):  # a given dataset is still checked
+        pitch = load_recipe(TINY, ['data.pitch="harmonic"', 'data.f0_method="pyin"'])
+        train(_teacher_objective(pitch), pitch, data, tmp_path / "pitch", progress=False)
 
 
 class _FlakyLoss(nn.Module):

@@ -1,7 +1,9 @@
 """`wavflow <command>`: corpus, prepare, train-teacher, train-student, synthesize, demo.
 
 Every command prints a clear message and exits with status 2 on bad input (a missing file, a
-recipe error, unusable data); `--help` on each explains every option.
+recipe error, unusable data: the project's error classes, `_user_errors`); any other exception
+is a fault of the program and ends it with its traceback. `--help` on each command explains
+every option.
 """
 
 from __future__ import annotations
@@ -9,8 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import torch
 
 from wavflow.config import RecipeError, load_recipe
 
@@ -25,23 +25,22 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    try:
+        return int(args.run(args) or 0)
+    except _user_errors() as error:
+        print(f"wavflow {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The project's error classes, which mean bad input, not a bug: the user gets their message
+    without a traceback. Imported here, not at the top, so `--help` stays fast."""
     from wavflow.audio import AudioError
     from wavflow.checkpoint import CheckpointError
     from wavflow.data import DataError
     from wavflow.training import TrainingError
 
-    try:
-        return int(args.run(args) or 0)
-    except (
-        RecipeError,
-        DataError,
-        AudioError,
-        CheckpointError,
-        TrainingError,
-        ValueError,
-    ) as error:
-        print(f"wavflow {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    return (RecipeError, DataError, AudioError, CheckpointError, TrainingError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,17 +178,14 @@ def _training_recipe(args: argparse.Namespace):
 
 
 def _run_train_teacher(args: argparse.Namespace) -> int:
-    from wavflow.checkpoint import build_teacher, speaker_count
     from wavflow.data import PreparedData
-    from wavflow.training import likelihood_objective, train
+    from wavflow.objectives import build_objective
+    from wavflow.training import train
 
     recipe = _training_recipe(args)
-    speakers = PreparedData(args.data, expected=recipe.features).speakers
-    # Initial weights, the same on every rank; train() seeds each rank's own draws.
-    torch.manual_seed(recipe.train.seed)
-    model = build_teacher(recipe, speaker_count(recipe, speakers))
-    objective = likelihood_objective("teacher", model, recipe.features)
-    state = train(objective, recipe, args.data, args.out, args.resume, not args.quiet, speakers)
+    data = PreparedData(args.data, expected=recipe.features)
+    objective = build_objective(recipe, data, "teacher")
+    state = train(objective, recipe, data, args.out, args.resume, not args.quiet)
     print(f"teacher: {state.step} steps, best validation NLL {state.best_val:.4f} nats/sample")
     return 0
 
@@ -220,29 +216,19 @@ def _add_train_student(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_train_student(args: argparse.Namespace) -> int:
-    from wavflow.checkpoint import build_student, load_teacher, speaker_count
     from wavflow.config import student_recipe
     from wavflow.data import PreparedData
-    from wavflow.training import distillation_objective, likelihood_objective, train
+    from wavflow.objectives import build_objective
+    from wavflow.training import train
 
     recipe = student_recipe(_training_recipe(args), args.student)
     objective_name = args.objective or ("distill" if args.teacher else "mle")
     if objective_name == "distill" and args.teacher is None:
         raise RecipeError("--objective distill needs --teacher TEACHER.pt")
-    speakers = PreparedData(args.data, expected=recipe.features).speakers
-    torch.manual_seed(recipe.train.seed)  # as for the teacher: initial weights, every rank alike
-    model = build_student(recipe, speaker_count(recipe, speakers))
-    if objective_name == "mle":
-        if recipe.student.kind == "iaf":
-            raise RecipeError(
-                "the IAF student's density of data needs its sequential inverse (T steps), so it "
-                "is not trained by maximum likelihood: distil it with --teacher"
-            )
-        objective = likelihood_objective("student", model, recipe.features)
-    else:
-        teacher = load_teacher(args.teacher, recipe.features, speakers)
-        objective = distillation_objective(model, teacher, recipe, str(args.teacher))
-    state = train(objective, recipe, args.data, args.out, args.resume, not args.quiet, speakers)
+    data = PreparedData(args.data, expected=recipe.features)
+    teacher = args.teacher if objective_name == "distill" else None
+    objective = build_objective(recipe, data, "student", teacher)
+    state = train(objective, recipe, data, args.out, args.resume, not args.quiet)
     print(
         f"student {recipe.student.kind}: {state.step} steps, "
         f"best {objective.best_metric} {state.best_val:.4f}"

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
-from tqdm import tqdm
 
 from wavflow.audio import (
     AUDIO_SUFFIXES,
@@ -43,6 +42,7 @@ from wavflow.audio import (
     trim_silence,
 )
 from wavflow.config import DataConfig, FeatureConfig, Recipe, from_dict
+from wavflow.progress import progress_bar
 
 
 class DataError(ValueError):
@@ -236,7 +236,9 @@ def _run_parallel(
     workers: int,
     progress: bool,
 ) -> list[dict[str, Any]]:
-    bar = tqdm(total=len(todo), desc="prepare", unit="utt", disable=not progress or not todo)
+    bar = progress_bar(
+        total=len(todo), desc="prepare", unit="utt", disable=not progress or not todo
+    )
     results = []
     if workers <= 1:
         for source in todo:

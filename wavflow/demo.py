@@ -9,6 +9,7 @@ teacher, `train.student_steps` for each student (`config.student_recipe`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -20,13 +21,13 @@ import torch
 
 from wavflow.audio import save_audio
 from wavflow.benchmark import QUICK, run_benchmark
-from wavflow.checkpoint import build_student, build_teacher, load_teacher, speaker_count
 from wavflow.config import Recipe, load_recipe, student_recipe
 from wavflow.corpus import write_corpus
 from wavflow.data import PreparedData, prepare_dataset
 from wavflow.evaluation import EvaluationOptions, density_table, evaluate, quality_table
+from wavflow.objectives import build_objective
 from wavflow.synthesis import SynthesisOptions, has_pitch, vocode
-from wavflow.training import distillation_objective, likelihood_objective, train
+from wavflow.training import train
 from wavflow.validation import validation_clips
 
 # Shipped inside the package (wavflow/recipes), so an installed wheel finds it too.
@@ -67,7 +68,11 @@ def run_demo(
     report["evaluation"] = _stage(
         "evaluate",
         timings,
-        lambda: evaluate({"teacher": teacher, **distilled}, data_dir=data_dir, options=EVALUATION),
+        lambda: evaluate(
+            {"teacher": teacher, **distilled},
+            data_dir=data_dir,
+            options=dataclasses.replace(EVALUATION, progress=progress),
+        ),
     )
     _stage("synthesis", timings, lambda: _write_clips(out_dir, data_dir, teacher, distilled))
     if bench:
@@ -102,19 +107,10 @@ def _train(
     """Train (or finish training) the teacher, or a student distilled from `teacher`."""
     if (run / "done").is_file():
         return run / "best.pt"
-    speakers = PreparedData(data_dir, expected=recipe.features).speakers
-    n_speakers = speaker_count(recipe, speakers)
-    torch.manual_seed(recipe.train.seed)
-    if teacher is None:
-        objective = likelihood_objective(
-            "teacher", build_teacher(recipe, n_speakers), recipe.features
-        )
-    else:
-        frozen = load_teacher(teacher, recipe.features, speakers)
-        objective = distillation_objective(
-            build_student(recipe, n_speakers), frozen, recipe, str(teacher)
-        )
-    train(objective, recipe, data_dir, run, resume=True, progress=progress, speakers=speakers)
+    data = PreparedData(data_dir, expected=recipe.features)
+    kind = "teacher" if teacher is None else "student"
+    objective = build_objective(recipe, data, kind, teacher)
+    train(objective, recipe, data, run, resume=True, progress=progress)
     (run / "done").write_text("finished\n")
     return run / "best.pt"
 

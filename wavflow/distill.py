@@ -133,7 +133,6 @@ class DistillLoss(nn.Module):
             parameter.requires_grad_(False)
         self.estimator = choose_estimator(student, teacher, cfg.kl_estimator)
         self.scoring_head = floored_head(teacher.head, cfg.teacher_log_scale_min)
-        _copy_f0_predictor(teacher, student)
 
     def train(self, mode: bool = True) -> DistillLoss:
         """Only the student changes mode; the teacher stays in eval mode."""
@@ -213,14 +212,6 @@ def floored_head(head: Any, log_scale_min: float) -> Any:
     floored = copy.copy(head)
     floored.log_scale_min = log_scale_min
     return floored
-
-
-def _copy_f0_predictor(teacher: nn.Module, student: nn.Module) -> None:
-    """Start the student's F0 predictor (for synthesis from bare mels) from the teacher's."""
-    source = getattr(teacher.conditioner, "f0_predictor", None)
-    target = getattr(getattr(student, "conditioner", None), "f0_predictor", None)
-    if source is not None and target is not None:
-        target.load_state_dict(source.state_dict())
 
 
 def choose_estimator(student: nn.Module, teacher: WaveNet, requested: str) -> str:

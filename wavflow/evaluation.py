@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from wavflow import metrics
 from wavflow.audio import AUDIO_SUFFIXES, AudioError, check_features_match, load_audio, log_mel
@@ -26,6 +25,7 @@ from wavflow.checkpoint import load_model, load_teacher
 from wavflow.config import DataConfig, FeatureConfig, Recipe
 from wavflow.data import PreparedData
 from wavflow.metrics import log_mel_distance
+from wavflow.progress import progress_bar
 from wavflow.synthesis import SynthesisOptions, has_pitch, vocode
 from wavflow.teacher import WaveNet
 from wavflow.validation import kl_first_step, kl_to_teacher
@@ -222,7 +222,9 @@ def evaluate(
     if not utterances:
         raise ValueError(f"no usable utterance in {source} ({len(skipped)} skipped)")
     hide = not options.progress
-    items = [_item(u, features, data) for u in tqdm(utterances, "mels, F0", disable=hide)]
+    items = [
+        _item(u, features, data) for u in progress_bar(utterances, desc="mels, F0", disable=hide)
+    ]
     with_dnsmos = metrics.dnsmos_available()
     rows = {REAL: _row([i.audio for i in items], items, data, features, with_dnsmos, real=True)}
     iterations = options.griffin_lim_iterations
@@ -232,7 +234,9 @@ def evaluate(
     )
     teachers: dict[str, WaveNet] = {}
     for entry in models:
-        outputs = [_vocode(entry, i, options) for i in tqdm(items, entry.label, disable=hide)]
+        outputs = [
+            _vocode(entry, i, options) for i in progress_bar(items, desc=entry.label, disable=hide)
+        ]
         rows[entry.label] = {
             "checkpoint": str(entry.path),
             "kind": entry.state["kind"],

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from wavflow.audio import (
     AUDIO_SUFFIXES,
@@ -34,6 +33,7 @@ from wavflow.checkpoint import load_model
 from wavflow.config import FeatureConfig
 from wavflow.distributed import pick_device
 from wavflow.nn.conditioning import excitation_phase
+from wavflow.progress import progress_bar
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -321,7 +321,9 @@ def synthesize_files(
     items.sort(key=lambda item: item[1].shape[1])
     generator = torch.Generator(device=device).manual_seed(options.seed)
     batches = [items[i : i + options.batch_size] for i in range(0, len(items), options.batch_size)]
-    for batch in tqdm(batches, desc="synthesize", unit="batch", disable=not options.progress):
+    for batch in progress_bar(
+        batches, desc="synthesize", unit="batch", disable=not options.progress
+    ):
         feats, frames = _pad_batch([mel for _, mel, _ in batch], features)
         f0 = _batch_f0([f0 for _, _, f0 in batch], feats, model)
         f0 = None if f0 is None else f0.to(device)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
+from wavflow.audio import check_features_match
 from wavflow.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
-from wavflow.config import FeatureConfig, Recipe, TrainConfig, dumps_toml, recipe_from_dict, to_dict
+from wavflow.config import Recipe, TrainConfig, dumps_toml, recipe_from_dict, to_dict
 from wavflow.data import PreparedData, SegmentDataset, StepBatchSampler
 from wavflow.distributed import (
     init_distributed,
@@ -38,38 +37,12 @@ from wavflow.distributed import (
     rng_states,
     set_rng_states,
 )
-from wavflow.nn.conditioning import aligned_phase
-from wavflow.validation import distillation_metrics, generate_audio, mel_figure
+from wavflow.objectives import Objective
+from wavflow.progress import progress_bar
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many NaN losses in a row); checkpoints are kept."""
-
-
-@dataclass
-class Objective:
-    """What a run trains: the model to save, a loss module, and how to validate it.
-
-    Attributes:
-        kind: "teacher" or "student" (what the checkpoint holds).
-        model: the module whose weights are trained, saved and averaged (EMA).
-        loss: module whose forward(batch) returns named losses (B-averaged, per sample); it
-            contains `model` (and, for distillation, a frozen teacher). DDP wraps this module.
-        weights: weight per loss name in the total; names missing here are logged only.
-        validate: (model, batches) -> named validation metrics; `best_metric` picks `best.pt`.
-        best_metric: the validation metric to minimise.
-        media: optional (model, batch, writer, step) hook for TensorBoard audio and images.
-        metadata: plain data saved in every checkpoint (e.g. the teacher a student came from).
-    """
-
-    kind: str
-    model: nn.Module
-    loss: nn.Module
-    weights: dict[str, float]
-    validate: Callable[[nn.Module, list[dict[str, Any]]], dict[str, float]]
-    best_metric: str = "val/nll"
-    media: Callable[[nn.Module, dict[str, Any], SummaryWriter, int], None] | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -139,13 +112,20 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def train(
     objective: Objective,
     recipe: Recipe,
-    data_dir: str | Path,
+    data: PreparedData | str | Path,
     run_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
-    speakers: list[str] | None = None,
 ) -> RunState:
     """Train `objective` on the prepared data; checkpoints, logs and TensorBoard go to `run_dir`.
+
+    Args:
+        objective: what to train (`objectives.build_objective`).
+        recipe: the resolved recipe; `[train]` drives the loop.
+        data: the prepared dataset, opened (as `build_objective` had it) or its folder.
+        run_dir: the run folder: checkpoints, `metrics.jsonl`, TensorBoard, `recipe.toml`.
+        resume: continue from the newest checkpoint in `run_dir`.
+        progress: report progress (a bar on a terminal, lines in a log; rank 0 only).
 
     Returns:
         The final `RunState` (step, best validation metric, skipped steps, metric history).
@@ -158,10 +138,7 @@ def train(
     device = pick_device(cfg.device, local_rank)
     run_dir = Path(run_dir)
     is_main = rank == 0
-    prepared = PreparedData(data_dir, expected=recipe.features)
-    if recipe.data.harmonics:
-        prepared.require_f0()
-    speakers = speakers if speakers is not None else prepared.speakers
+    prepared = _open_data(data, recipe)
 
     model, loss_module = objective.model.to(device), objective.loss.to(device)
     loss_module.train()
@@ -195,8 +172,12 @@ def train(
     )
     writer = SummaryWriter(str(run_dir / "tensorboard")) if is_main else None
     log = _Logger(run_dir, writer, is_main)
-    bar = tqdm(
-        total=cfg.steps, initial=state.step, desc=objective.kind, disable=not (progress and is_main)
+    bar = progress_bar(
+        total=cfg.steps,
+        desc=objective.kind,
+        unit="step",
+        initial=state.step,
+        disable=not (progress and is_main),
     )
     started, window, window_start = time.monotonic(), [], time.monotonic()
     # Training draws start here, after the set-up's own (the validation loader's seed).
@@ -232,7 +213,6 @@ def train(
         if ema is not None:
             ema.update(model)
         window.append({k: float(v.detach()) for k, v in losses.items()} | {"grad_norm": grad_norm})
-        bar.update()
         out_of_time = on_any_rank(
             cfg.max_seconds > 0 and time.monotonic() - started > cfg.max_seconds, device, world
         )
@@ -244,6 +224,7 @@ def train(
             log.event(state.step, {f"train/{k}": v for k, v in scalars.items()})
             bar.set_postfix(loss=f"{scalars.get(next(iter(objective.weights)), float('nan')):.3f}")
             window, window_start = [], time.monotonic()
+        bar.update()  # after the postfix, so a log's line shows this step's loss
         evaluate = state.step % cfg.eval_every == 0 or last
         checkpoint = state.step % cfg.checkpoint_every == 0 or last
         # Every rank takes part in gathering the RNG states; only rank 0 writes.
@@ -255,10 +236,11 @@ def train(
             value = metrics.get(objective.best_metric, math.inf)
             if value < state.best_val:
                 state.best_val = value
-                _save(run_dir / "best.pt", objective, recipe, speakers, optimizer, ema, state, rng)
+                best = run_dir / "best.pt"
+                _save(best, objective, recipe, prepared.speakers, optimizer, ema, state, rng)
         if is_main and checkpoint:
             path = run_dir / f"ckpt_{state.step:08d}.pt"
-            _save(path, objective, recipe, speakers, optimizer, ema, state, rng)
+            _save(path, objective, recipe, prepared.speakers, optimizer, ema, state, rng)
             _prune(run_dir, cfg.keep_last)
         if out_of_time:
             break
@@ -291,6 +273,17 @@ def _backward_and_step(
         return None
     optimizer.step()
     return float(grad_norm)
+
+
+def _open_data(data: PreparedData | str | Path, recipe: Recipe) -> PreparedData:
+    """The prepared dataset (opened here only when given as a folder), checked against the
+    recipe: the same feature settings, and F0 when the models are conditioned on pitch."""
+    if not isinstance(data, PreparedData):
+        data = PreparedData(data)
+    check_features_match(recipe.features, data.features, str(data.root))
+    if recipe.data.harmonics:
+        data.require_f0()
+    return data
 
 
 def _validation_batches(prepared: PreparedData, recipe: Recipe, cfg: TrainConfig) -> list[dict]:
@@ -444,112 +437,3 @@ class _Logger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-class LikelihoodLoss(nn.Module):
-    """Maximum likelihood: {"nll": -log p(x | mel) / T}, nats per sample, batch mean.
-
-    Works for any model with `condition(feats, speaker)` and `log_prob(x, cond) -> (B,)`: the
-    teacher and the coupling students.
-    """
-
-    def __init__(self, model: nn.Module, align_phase: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        self.align_phase = align_phase
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        audio = batch["audio"]
-        feats, speaker, f0 = batch["feats"], batch["speaker"], batch.get("f0")
-        if self.align_phase:  # the excitation in phase with the real fundamental
-            conditioner = self.model.conditioner
-            hop, rate = conditioner.upsampler.hop_length, conditioner.sample_rate
-            phase = aligned_phase(audio[:, 0], f0, hop, rate)
-            cond = conditioner(feats, speaker, f0, phase)
-        else:
-            cond = self.model.condition(feats, speaker, f0)
-        losses = {"nll": -(self.model.log_prob(audio, cond) / audio.shape[-1]).mean()}
-        return losses | f0_predictor_loss(self.model, batch)
-
-
-def f0_predictor_loss(model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-    """{"f0": loss} of the model's F0 predictor when it is conditioned on pitch, else {}."""
-    predictor = getattr(getattr(model, "conditioner", None), "f0_predictor", None)
-    if predictor is None:
-        return {}
-    return {"f0": predictor.loss(batch["feats"], batch["f0"])}
-
-
-def likelihood_objective(kind: str, model: nn.Module, features: FeatureConfig) -> Objective:
-    """Train `model` (teacher or coupling student) by maximum likelihood."""
-
-    # Only a teacher declares `align_phase` (`WaveNet`); coupling students never align. The
-    # validation NLL is the training objective's, so it aligns the same way.
-    loss = LikelihoodLoss(model, align_phase=kind == "teacher" and model.align_phase)
-
-    def validate(model: nn.Module, batches: list[dict[str, Any]]) -> dict[str, float]:
-        nll = [float(loss(b)["nll"]) for b in batches]
-        audio = torch.cat([b["audio"].flatten() for b in batches])
-        return {"nll": sum(nll) / len(nll), "baseline_nll": context_free_nll(audio)}
-
-    def media(model: nn.Module, batch: dict[str, Any], writer: SummaryWriter, step: int) -> None:
-        log_media(model, batch, writer, step, features)
-
-    weights = {"nll": 1.0, "f0": 1.0}
-    return Objective(kind, model, loss, weights, validate, "val/nll", media)
-
-
-def context_free_nll(audio: Tensor) -> float:
-    """NLL (nats per sample) of the best context-free Gaussian: 0.5 log(2 pi e var)."""
-    return 0.5 * math.log(2 * math.pi * math.e * float(audio.double().var()))
-
-
-@torch.no_grad()
-def log_media(
-    model: nn.Module,
-    batch: dict[str, Any],
-    writer: SummaryWriter,
-    step: int,
-    features: FeatureConfig,
-    seconds: float = 0.25,
-) -> None:
-    """Real and generated validation audio (first item, up to `seconds`) and their mels."""
-    frames = max(
-        1, min(batch["feats"].shape[-1], int(seconds * features.sample_rate) // features.hop_length)
-    )
-    feats, real = (
-        batch["feats"][:1, :, :frames],
-        batch["audio"][:1, :, : frames * features.hop_length],
-    )
-    f0 = batch["f0"][:1, :frames]
-    fake = generate_audio(model, feats, batch["speaker"][:1], f0=f0)
-    rate = features.sample_rate
-    writer.add_audio("audio/real", real[0, 0].float().cpu().clamp(-1, 1), step, rate)
-    writer.add_audio("audio/generated", fake[0, 0].float().cpu().clamp(-1, 1), step, rate)
-    writer.add_figure("mel/real_vs_generated", mel_figure(real, fake, features), step)
-
-
-def distillation_objective(
-    student: nn.Module, teacher: nn.Module, recipe: Recipe, teacher_path: str = ""
-) -> Objective:
-    """Distil `student` from the frozen `teacher` with the `[distill]` losses."""
-    from wavflow.distill import DistillLoss
-
-    def validate(model: nn.Module, batches: list[dict[str, Any]]) -> dict[str, float]:
-        rows = [distillation_metrics(model, teacher, b, recipe) for b in batches]
-        return _mean_dict(rows)
-
-    def media(model: nn.Module, batch: dict[str, Any], writer: SummaryWriter, step: int) -> None:
-        log_media(model, batch, writer, step, recipe.features)
-
-    loss = DistillLoss(student, teacher, recipe.distill, recipe.features)
-    return Objective(
-        "student",
-        student,
-        loss,
-        recipe.distill.weights,
-        validate,
-        "val/kl",
-        media,
-        {"teacher_checkpoint": teacher_path},
-    )
