@@ -7,6 +7,7 @@ import pytest
 
 from wavflow import cli
 from wavflow.checkpoint import CheckpointError
+from wavflow.config import OptionError
 from wavflow.data import DataError
 from wavflow.training import TrainingError
 
@@ -21,7 +22,7 @@ def test_a_recipe_error_is_one_line_and_status_2(tmp_path, capsys):
     )
 
 
-@pytest.mark.parametrize("error", [DataError, CheckpointError, TrainingError])
+@pytest.mark.parametrize("error", [DataError, CheckpointError, TrainingError, OptionError])
 def test_the_projects_errors_are_the_users(error, monkeypatch, tmp_path, capsys):
     def fail(args):
         raise error("what went wrong, and how to fix it")
@@ -39,3 +40,19 @@ def test_a_bug_raises_with_its_traceback(error, monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "_run_corpus", bug)
     with pytest.raises(error, match="a bug in wavflow"):
         cli.main(["corpus", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "--out", "OUT", "--methods", "nope"], "unknown bench method 'nope'"),
+        (["corpus", "OUT", "--minutes", "0"], "minutes must be > 0"),
+    ],
+)
+def test_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):
+    """Options the argument parser cannot check still end in the short message, not a
+    traceback."""
+    argv = [str(tmp_path / a) if a == "OUT" else a for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"wavflow {argv[0]}: error: {message}") and "Traceback" not in err

@@ -41,7 +41,7 @@ def check_features_match(expected: FeatureConfig, found: FeatureConfig, where: s
         if setting.compare and getattr(expected, name) != getattr(found, name)
     ]
     if diffs:
-        raise ValueError(
+        raise AudioError(
             f"feature settings of {where} do not match: "
             + "; ".join(diffs)
             + ". Re-prepare the data with this recipe, or use the recipe it was made with."
@@ -346,7 +346,7 @@ def normalization_stats(cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
         ValueError: `cfg` holds no statistics (data not prepared by `wavflow prepare`).
     """
     if not cfg.mel_mean:
-        raise ValueError(
+        raise AudioError(
             "normalised mels need the training split's statistics, which these feature settings "
             "lack: prepare the data with `wavflow prepare` and train on it"
         )

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from wavflow.config import FeatureConfig, TeacherConfig
+from wavflow.config import FeatureConfig, OptionError, TeacherConfig
 from wavflow.flows import STUDENTS, build_student
 from wavflow.nn.conv import remove_weight_norm
 from wavflow.teacher import WaveNet
@@ -333,17 +333,17 @@ class BenchSettings:
         known = ["teacher-naive", "teacher-cached", *STUDENTS]
         for method in self.methods:
             if method not in known:
-                raise ValueError(f"unknown bench method '{method}': use {', '.join(known)}")
+                raise OptionError(f"unknown bench method '{method}': use {', '.join(known)}")
         for dtype in self.dtypes:
             if dtype not in DTYPES:
-                raise ValueError(f"unknown dtype '{dtype}': use {', '.join(DTYPES)}")
+                raise OptionError(f"unknown dtype '{dtype}': use {', '.join(DTYPES)}")
         if not self.lengths or not self.batches or min(self.lengths) <= 0:
-            raise ValueError("bench lengths and batch sizes must be positive")
+            raise OptionError("bench lengths and batch sizes must be positive")
         for runtime in self.runtimes:
             if runtime not in RUNTIMES:
-                raise ValueError(f"unknown runtime '{runtime}': use {', '.join(RUNTIMES)}")
+                raise OptionError(f"unknown runtime '{runtime}': use {', '.join(RUNTIMES)}")
         if "onnxruntime" in self.runtimes and self.device != "cpu":
-            raise ValueError("the onnxruntime rows run on the CPU: use --device cpu")
+            raise OptionError("the onnxruntime rows run on the CPU: use --device cpu")
 
 
 QUICK = BenchSettings(

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from wavflow.config import RecipeError, load_recipe
+from wavflow.config import OptionError, RecipeError, load_recipe
 
 RECIPE_HELP = "recipe TOML file (see recipes/); omitted keys take their defaults"
 SET_HELP = "override a recipe value, e.g. --set train.lr=3e-4 (repeatable; values are TOML)"
@@ -40,7 +40,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from wavflow.data import DataError
     from wavflow.training import TrainingError
 
-    return (RecipeError, DataError, AudioError, CheckpointError, TrainingError)
+    return (RecipeError, OptionError, DataError, AudioError, CheckpointError, TrainingError)
 
 
 def _parser() -> argparse.ArgumentParser:

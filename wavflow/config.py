@@ -21,6 +21,10 @@ class RecipeError(ValueError):
     """A recipe or override that cannot be used; the message names the key."""
 
 
+class OptionError(ValueError):
+    """A command's option or argument that cannot work; the message names it."""
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """Log-mel settings (`[features]`), stored with prepared data and checkpoints.

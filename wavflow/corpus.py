@@ -34,6 +34,8 @@ import soundfile as sf
 import soxr
 from scipy import ndimage, signal
 
+from wavflow.config import OptionError
+
 ENGINES = ("builtin", "espeak")
 FRAME_RATE_HZ = 200  # parameter frames per second: f0_hop = sample_rate // FRAME_RATE_HZ
 MIN_SECONDS, MAX_SECONDS = 1.5, 5.0  # utterance durations drawn by write_corpus
@@ -190,7 +192,7 @@ def default_speakers(n: int = 4) -> list[Speaker]:
         scale, open quotient, breathiness and vibrato rising along with it.
     """
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise OptionError(f"n must be >= 1, got {n}")
     return [_speaker(i, i / max(n - 1, 1)) for i in range(n)]
 
 
@@ -228,9 +230,9 @@ def synthesize_utterance(
             ``hop = sample_rate // 200``; 0 where unvoiced.
     """
     if sample_rate < 8000:
-        raise ValueError(f"sample_rate must be >= 8000, got {sample_rate}")
+        raise OptionError(f"sample_rate must be >= 8000, got {sample_rate}")
     if duration < 1.0:
-        raise ValueError(f"duration must be >= 1.0 s, got {duration}")
+        raise OptionError(f"duration must be >= 1.0 s, got {duration}")
     hop = sample_rate // FRAME_RATE_HZ
     n_samples = round(duration * sample_rate)
     n_frames = n_samples // hop + 1
@@ -678,15 +680,15 @@ def _check_corpus_args(
     minutes: float, sample_rate: int, seed: int, engine: str, n_speakers: int
 ) -> None:
     if not minutes > 0:
-        raise ValueError(f"minutes must be > 0, got {minutes}")
+        raise OptionError(f"minutes must be > 0, got {minutes}")
     if sample_rate < 8000:
-        raise ValueError(f"sample_rate must be >= 8000, got {sample_rate}")
+        raise OptionError(f"sample_rate must be >= 8000, got {sample_rate}")
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise OptionError(f"seed must be >= 0, got {seed}")
     if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        raise OptionError(f"engine must be one of {ENGINES}, got {engine!r}")
     if n_speakers < 1:
-        raise ValueError(f"n_speakers must be >= 1, got {n_speakers}")
+        raise OptionError(f"n_speakers must be >= 1, got {n_speakers}")
     if engine == "espeak" and shutil.which("espeak-ng") is None:
         raise RuntimeError(
             "engine='espeak' needs espeak-ng on PATH: install it (apt-get install espeak-ng) "

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from wavflow.audio import log_mel, stft_magnitude
-from wavflow.config import DistillConfig, FeatureConfig
+from wavflow.config import DistillConfig, FeatureConfig, RecipeError
 from wavflow.distributions import GaussianOutput
 from wavflow.teacher import WaveNet
 
@@ -169,7 +169,7 @@ class DistillLoss(nn.Module):
         """
         first = self.teacher.receptive_field if self.cfg.skip_receptive_field else 0
         if first >= length:
-            raise ValueError(
+            raise RecipeError(
                 f"distill.skip_receptive_field leaves out the teacher's first {first} steps, but "
                 f"the crops are {length} samples (data.segment_length): make the crops longer, "
                 "or set distill.skip_receptive_field = false"
@@ -227,9 +227,9 @@ def choose_estimator(student: nn.Module, teacher: WaveNet, requested: str) -> st
     if requested == "auto":
         return "closed_form" if gaussian_pair else "per_step" if is_iaf else "sample"
     if requested == "closed_form" and not gaussian_pair:
-        raise ValueError(
+        raise RecipeError(
             "distill.kl_estimator 'closed_form' needs a Gaussian IAF student and a Gaussian teacher"
         )
     if requested == "per_step" and not is_iaf:
-        raise ValueError("distill.kl_estimator 'per_step' needs an IAF student")
+        raise RecipeError("distill.kl_estimator 'per_step' needs an IAF student")
     return requested

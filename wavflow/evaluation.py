@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from wavflow import metrics
 from wavflow.audio import AUDIO_SUFFIXES, AudioError, check_features_match, load_audio, log_mel
 from wavflow.checkpoint import load_model, load_teacher
-from wavflow.config import DataConfig, FeatureConfig, Recipe
-from wavflow.data import PreparedData
+from wavflow.config import DataConfig, FeatureConfig, OptionError, Recipe
+from wavflow.data import DataError, PreparedData
 from wavflow.metrics import log_mel_distance
 from wavflow.progress import progress_bar
 from wavflow.synthesis import SynthesisOptions, has_pitch, vocode
@@ -63,11 +63,11 @@ class EvaluationOptions:
 
     def __post_init__(self) -> None:
         if self.max_utterances < 0 or self.griffin_lim_iterations < 1 or self.nll_seconds < 0:
-            raise ValueError(
+            raise OptionError(
                 "need max_utterances >= 0, Griffin-Lim iterations >= 1, NLL seconds >= 0"
             )
         if 0 < self.max_seconds < MIN_SECONDS or self.max_seconds < 0:
-            raise ValueError(f"max_seconds must be 0 (whole utterances) or >= {MIN_SECONDS}")
+            raise OptionError(f"max_seconds must be 0 (whole utterances) or >= {MIN_SECONDS}")
 
 
 @dataclass
@@ -209,7 +209,7 @@ def evaluate(
         ValueError: neither or both of `audio` and `data_dir`, or no usable utterance.
     """
     if (audio is None) == (data_dir is None):
-        raise ValueError("evaluate needs audio inputs or a prepared dataset (one of them)")
+        raise OptionError("evaluate needs audio inputs or a prepared dataset (one of them)")
     device = torch.device(options.device)
     models = _load_models(checkpoints, device)
     features, data = models[0].recipe.features, models[0].recipe.data
@@ -220,7 +220,7 @@ def evaluate(
         source = ", ".join(str(path) for path in audio)
         utterances, skipped = audio_utterances(audio, features, data, options)
     if not utterances:
-        raise ValueError(f"no usable utterance in {source} ({len(skipped)} skipped)")
+        raise DataError(f"no usable utterance in {source} ({len(skipped)} skipped)")
     hide = not options.progress
     items = [
         _item(u, features, data) for u in progress_bar(utterances, desc="mels, F0", disable=hide)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from wavflow.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint, load_model
-from wavflow.config import FeatureConfig
+from wavflow.config import FeatureConfig, OptionError
 from wavflow.synthesis import has_pitch
 
 FORMATS = ("pt2", "onnx", "torchscript", "safetensors")
@@ -107,13 +107,15 @@ def export_student(
     """
     fmt = fmt or SUFFIX_FORMATS.get(out_path.suffix.lower(), "pt2")
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format '{fmt}' (known: {', '.join(FORMATS)})")
+        raise OptionError(f"unknown export format '{fmt}' (known: {', '.join(FORMATS)})")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "safetensors":
         return write_release(checkpoint, out_path)
     model, recipe, state = load_model(checkpoint)
     if state["kind"] != "student":
-        raise ValueError(f"{checkpoint}: only students are exported, this is a {state['kind']}")
+        raise CheckpointError(
+            f"{checkpoint}: only students are exported, this is a {state['kind']}"
+        )
     return [write_student(model, recipe.features, out_path, fmt, example_seconds)]
 
 
@@ -216,7 +218,7 @@ def _freeze_flags(module: nn.Module) -> None:
             if buffer.dtype != torch.bool or buffer.dim() != 0:
                 continue
             if not buffer:
-                raise ValueError(
+                raise CheckpointError(
                     f"{type(child).__name__}.{name} is False: this model has not run on data "
                     "yet (its data-dependent initialisation); export a trained checkpoint"
                 )

@@ -30,7 +30,7 @@ from wavflow.audio import (
     save_audio,
 )
 from wavflow.checkpoint import load_model
-from wavflow.config import FeatureConfig
+from wavflow.config import FeatureConfig, OptionError
 from wavflow.distributed import pick_device
 from wavflow.nn.conditioning import excitation_phase
 from wavflow.progress import progress_bar
@@ -57,9 +57,9 @@ class SynthesisOptions:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+            raise OptionError(f"--dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
         if self.temperature < 0 or self.batch_size < 1 or self.chunk_seconds <= 0:
-            raise ValueError("temperature >= 0, batch size >= 1 and chunk length > 0 are needed")
+            raise OptionError("temperature >= 0, batch size >= 1 and chunk length > 0 are needed")
 
 
 @dataclass
@@ -345,11 +345,11 @@ def speaker_id(model: nn.Module, speakers: list[str], name: str | None) -> int |
     """
     if not model.capabilities.n_speakers:
         if name is not None:
-            raise ValueError(f"--speaker {name}: this model was trained without speakers")
+            raise OptionError(f"--speaker {name}: this model was trained without speakers")
         return None
     if name not in speakers:
         given = "no --speaker" if name is None else f"--speaker {name}"
-        raise ValueError(
+        raise OptionError(
             f"{given}: this model conditions on speakers, pass one of {', '.join(speakers)}"
         )
     return speakers.index(name)

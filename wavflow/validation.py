@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from wavflow import metrics
 from wavflow.audio import log_mel
 from wavflow.config import FeatureConfig, Recipe
-from wavflow.data import PreparedData, SegmentDataset
+from wavflow.data import DataError, PreparedData, SegmentDataset
 from wavflow.distill import choose_estimator
 from wavflow.teacher import WaveNet
 
@@ -155,7 +155,7 @@ def validation_clips(data_dir: Path, features: FeatureConfig, n_clips: int, seco
     long_enough = [i for i, r in enumerate(dataset.records) if r["frames"] >= segment]
     items = [dataset[i] for i in long_enough[:n_clips]]
     if not items:
-        raise ValueError(f"{data_dir}: no validation utterance is {seconds} s long; use less")
+        raise DataError(f"{data_dir}: no validation utterance is {seconds} s long; use less")
     return {
         "audio": torch.stack([item["audio"] for item in items]),
         "feats": torch.stack([item["feats"] for item in items]),
