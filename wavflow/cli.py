@@ -288,8 +288,32 @@ def _add_synthesize(commands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--speaker", help="speaker name, for a model trained on several (an error lists them)"
     )
+    command.add_argument(
+        "--stream",
+        action="store_true",
+        help="push each input's frames chunk by chunk through the streaming vocoder (the "
+        "teacher continues its state; students hold back their look-ahead) and report the "
+        "compute time to the first audio and the real-time factor",
+    )
+    command.add_argument(
+        "--stream-chunk",
+        type=_chunk_size,
+        default="10",
+        help="frames per streamed chunk (10) or seconds (0.05s); default 10 frames",
+    )
     command.add_argument("--quiet", action="store_true", help="no progress bar")
     command.set_defaults(run=_run_synthesize)
+
+
+def _chunk_size(text: str) -> str:
+    """Checks a --stream-chunk value: a positive frame count or seconds with an s."""
+    try:
+        positive = (float(text[:-1]) if text.endswith("s") else int(text)) > 0
+    except ValueError:
+        positive = False
+    if not positive:
+        raise argparse.ArgumentTypeError(f"{text!r}: give frames (10) or seconds (0.05s)")
+    return text
 
 
 def _run_synthesize(args: argparse.Namespace) -> int:
@@ -308,8 +332,29 @@ def _run_synthesize(args: argparse.Namespace) -> int:
         normalized=args.normalized,
         speaker=args.speaker,
     )
+    if args.stream:
+        return _stream_synthesize(args, options)
     report = synthesize_files(args.checkpoint, args.inputs, args.out, options)
     print(f"wrote {len(report.written)} files to {args.out}")
+    for name, reason in report.failed:
+        print(f"  failed: {name}: {reason}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _stream_synthesize(args: argparse.Namespace, options) -> int:
+    import statistics
+
+    from wavflow.streaming import stream_files
+
+    if args.method != "cached":
+        print("wavflow synthesize: error: --stream needs --method cached", file=sys.stderr)
+        return 2
+    report = stream_files(args.checkpoint, args.inputs, args.out, options, args.stream_chunk)
+    print(f"streamed {len(report.written)} files to {args.out} in chunks of {args.stream_chunk}")
+    if report.written:
+        first = statistics.median(report.first_audio_s) * 1e3
+        rtf = statistics.median(report.real_time_factor)
+        print(f"  median first audio after {first:.1f} ms of compute, real-time factor {rtf:.3f}")
     for name, reason in report.failed:
         print(f"  failed: {name}: {reason}", file=sys.stderr)
     return 1 if report.failed else 0
@@ -448,7 +493,24 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--quick", action="store_true", help="short lengths, batch 1, fp32: about a minute"
     )
+    command.add_argument(
+        "--stream",
+        action="store_true",
+        help="stream instead: first-chunk latency and streaming RTF per chunk size "
+        "(stream.json, stream.md; lengths default to 1 s)",
+    )
+    command.add_argument(
+        "--stream-chunks",
+        type=_chunk_sizes,
+        default="1,10,40",
+        help="chunk sizes for --stream, frames or seconds, e.g. 1,10,0.5s (default 1,10,40)",
+    )
     command.set_defaults(run=_run_bench)
+
+
+def _chunk_sizes(text: str) -> list[str]:
+    """Checks a comma-separated --stream-chunks list (see `_chunk_size`)."""
+    return [_chunk_size(chunk) for chunk in text.split(",")]
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -472,6 +534,13 @@ def _run_bench(args: argparse.Namespace) -> int:
         changes["naive_fields"] = args.naive_fields
     if args.runtime:
         changes["runtimes"] = list(dict.fromkeys(["pytorch", *args.runtime.split(",")]))
+    if args.stream:
+        from wavflow.stream_benchmark import run_stream_benchmark
+
+        changes.setdefault("lengths", settings.lengths[:1] if args.quick else [1.0])
+        run_stream_benchmark(dataclasses.replace(settings, **changes), args.stream_chunks, args.out)
+        print((args.out / "stream.md").read_text())
+        return 0
     run_benchmark(dataclasses.replace(settings, **changes), args.out)
     print((args.out / "bench.md").read_text())
     return 0
