@@ -224,12 +224,7 @@ def test_bf16_students_stay_close_to_fp32(tmp_path):
 
 
 TINY_WAVEGLOW = [  # a tiny coupling student that trains by maximum likelihood in seconds
-    'student.kind="waveglow"',
-    "student.waveglow.n_flows=2",
-    "student.waveglow.n_layers=2",
-    "student.waveglow.channels=8",
-    "student.waveglow.group=4",
-    "student.waveglow.early_every=4",
+    *TINY_STUDENTS["waveglow"],
     "train.steps=2",
     "train.eval_every=2",
     "train.checkpoint_every=2",
