@@ -13,6 +13,8 @@ R + N steps, of which the N after the window has filled are timed step by step
 (`time_naive_steps`, N = `naive_fields` receptive fields), and its rate (constant per sample
 from then on) is extrapolated to each length; such rows say "extrapolated". It runs at batch 1
 only: a batch of B costs B receptive-field passes per step, minutes at the published size.
+
+The timing primitives are in `wavflow.timing`, the table and plots in `wavflow.bench_report`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,10 +30,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from wavflow.bench_report import markdown_table, plot_benchmark
 from wavflow.config import FeatureConfig, OptionError, TeacherConfig
 from wavflow.flows import STUDENTS, build_student
 from wavflow.nn.conv import remove_weight_norm
 from wavflow.teacher import WaveNet
+from wavflow.timing import NaiveSteps, PeakMemory, machine_ceiling, time_call, time_naive_steps
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # onnxruntime rows: students only, CPU, fp32 and dynamic int8 (its CPU bf16 kernels cover few
@@ -164,122 +166,6 @@ def _onnx_runners(model: nn.Module, folder: Path) -> dict[str, Callable[[Tensor]
     return {name: runner(path) for name, path in paths.items()}
 
 
-class PeakMemory:
-    """Peak resident memory growth (MB) during a block: CUDA allocator or /proc VmRSS sampling."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.peak_mb, self._stop = device, 0.0, threading.Event()
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-            return self
-        self._start = _rss_mb()
-        self._peak = self._start
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            self._peak = max(self._peak, _rss_mb())
-
-    def __exit__(self, *_: object) -> None:
-        if self.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(self.device)
-            self.peak_mb = (peak - self._start) / 2**20
-            return
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self._peak, _rss_mb()) - self._start
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def time_call(
-    function: Callable[[], Tensor], repeats: int, device: torch.device
-) -> tuple[list[float], Tensor, float]:
-    """Warm up once, then time `repeats` calls under `torch.inference_mode` (synchronising on
-    CUDA).
-
-    Returns:
-        (seconds per call, the last output, peak memory growth in MB over the timed calls).
-    """
-    times = []
-    with torch.inference_mode():
-        output = function()
-        with PeakMemory(device) as memory:
-            for _ in range(repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                output = function()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - start)
-    return times, output, memory.peak_mb
-
-
-@dataclass
-class NaiveSteps:
-    """Wall seconds of the naive teacher's steady-state steps, and the windows they ran on."""
-
-    seconds: list[float]
-    windows: list[int]
-
-
-def time_naive_steps(model: WaveNet, feats: Tensor, steps: int) -> NaiveSteps:
-    """Time `steps` naive-generation steps that each run the stack over a full receptive field.
-
-    The naive method restarts at t = 0 on every call and its step t runs the stack on the last
-    min(t + 1, R) inputs, so a short call (as earlier versions timed: one 256-sample frame
-    against R = 506) is cheaper per sample than generation in steady state. One call of
-    R + `steps` samples is made; a forward pre-hook on the stack stamps the start of every step
-    and records its window, and the gaps between consecutive stamps from step R - 1 on (the
-    first full window) are the step times. The first R steps are the warm-up.
-
-    Args:
-        model: the teacher, in eval mode.
-        feats: (B, n_mels, F) mels with F * hop >= R + `steps`.
-        steps: steady-state steps to time (>= 1).
-
-    Returns:
-        the `steps` step times (seconds; each generates B samples) and the windows (samples)
-        of the steps they time.
-    """
-    field_samples = model.receptive_field
-    length = field_samples + steps
-    stamps: list[float] = []
-    windows: list[int] = []
-
-    def stamp(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        if inputs[0].is_cuda:
-            torch.cuda.synchronize(inputs[0].device)
-        stamps.append(time.perf_counter())
-        windows.append(inputs[0].shape[-1])
-
-    handle = model.stack.register_forward_pre_hook(stamp)
-    try:
-        with torch.inference_mode():
-            cond = model.condition(feats)[:, :, :length]
-            model.generate(cond, "naive", generator=torch.Generator().manual_seed(0))
-    finally:
-        handle.remove()
-    # The call made exactly one stack pass per step; the last step has no stamp after it.
-    timed = stamps[field_samples - 1 :]
-    return NaiveSteps(
-        seconds=[after - before for before, after in zip(timed, timed[1:])],
-        windows=windows[field_samples - 1 : -1],
-    )
-
-
 def flops_per_sample(method: str, model: nn.Module, feats: Tensor) -> float:
     """FLOPs of generating one sample, counted on the parallel pass (for the teacher: one
     teacher-forced pass, the same arithmetic the cached path does per step; the naive path does
@@ -297,19 +183,6 @@ def flops_per_sample(method: str, model: nn.Module, feats: Tensor) -> float:
     if method == "teacher-naive":
         flops *= model.receptive_field
     return flops
-
-
-def machine_ceiling(dtype: torch.dtype, device: torch.device) -> dict[str, float]:
-    """GFLOP/s of a large matmul and of a wide 1-D convolution in `dtype`."""
-    a = torch.randn(1024, 1024, device=device, dtype=dtype)
-    x = torch.randn(1, 256, 16384, device=device, dtype=dtype)
-    w = torch.randn(512, 256, 3, device=device, dtype=dtype)
-    matmul, _, _ = time_call(lambda: a @ a, 5, device)
-    conv, _, _ = time_call(lambda: torch.nn.functional.conv1d(x, w, padding=1), 5, device)
-    return {
-        "matmul_gflops": 2 * 1024**3 / statistics.median(matmul) / 1e9,
-        "conv_gflops": 2 * 512 * 256 * 3 * 16384 / statistics.median(conv) / 1e9,
-    }
 
 
 @dataclass
@@ -540,96 +413,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()})"
-
-
-def markdown_table(result: dict) -> str:
-    """bench.md: one row per measurement, then the machine ceiling."""
-    lines = [
-        f"torch {result['torch']}, {result['device']}, {result['threads']} threads",
-        "",
-        "| method | runtime | dtype | batch | audio (s) | median (s) | samples/s (batch total) "
-        "| RTF | x naive "
-        "| x cached | MFLOP/sample | GFLOP/s | peak MB | log-mel dB vs PyTorch fp32 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in result["rows"]:
-
-        def fmt(value, spec):
-            return "-" if value is None else format(value, spec)
-
-        lines.append(
-            f"| {row['method']}{' (steady state, extrapolated)' if row['extrapolated'] else ''} "
-            f"| {row.get('runtime', 'pytorch')} | {row['dtype']} "
-            f"| {row['batch']} | {row['seconds_of_audio']:.2f} | {row['median_s']:.3f} "
-            f"| {row['samples_per_s']:.0f} | {row['real_time_factor']:.3f} "
-            f"| {fmt(row['speedup_vs_naive'], '.1f')} | {fmt(row['speedup_vs_cached'], '.2f')} "
-            f"| {row['flops_per_sample'] / 1e6:.2f} | {row['achieved_gflops']:.1f} "
-            f"| {row['peak_memory_mb']:.0f} | {fmt(row['quality_log_mel_db_vs_fp32'], '.3f')} |"
-        )
-    lines.append("")
-    for name, ceiling in result["ceiling"].items():
-        lines.append(
-            f"Machine ceiling ({name}): matmul {ceiling['matmul_gflops']:.0f} GFLOP/s, "
-            f"convolution {ceiling['conv_gflops']:.0f} GFLOP/s."
-        )
-    return "\n".join(lines) + "\n"
-
-
-def plot_benchmark(result: dict, path: Path) -> None:
-    """bench.png: time against audio length per method (log-log, batch 1, first dtype), and
-    samples/s against batch size (longest length)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = result["rows"]
-    dtype = result["settings"]["dtypes"][0]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for method, runtime in dict.fromkeys((r["method"], r.get("runtime", "pytorch")) for r in rows):
-        ours = [
-            r
-            for r in rows
-            if (r["method"], r.get("runtime", "pytorch"), r["dtype"]) == (method, runtime, dtype)
-        ]
-        label = method if runtime == "pytorch" else f"{method} ({runtime})"
-        first = [r for r in ours if r["batch"] == min(x["batch"] for x in ours)]
-        style = "--" if any(r["extrapolated"] for r in first) else "-"
-        left.plot(
-            [r["seconds_of_audio"] for r in first],
-            [r["median_s"] for r in first],
-            style,
-            marker="o",
-            label=label,
-        )
-        longest = max(r["seconds_of_audio"] for r in ours)
-        at_longest = sorted(
-            (r for r in ours if r["seconds_of_audio"] == longest), key=lambda r: r["batch"]
-        )
-        right.plot(
-            [r["batch"] for r in at_longest],
-            [r["samples_per_s"] for r in at_longest],
-            style,
-            marker="o",
-            label=label,
-        )
-    left.set(
-        xscale="log",
-        yscale="log",
-        xlabel="audio length (s)",
-        ylabel="time (s)",
-        title=f"generation time, batch 1, {dtype} (dashed: extrapolated)",
-    )
-    right.set(
-        xscale="log",
-        yscale="log",
-        xlabel="batch size",
-        ylabel="samples / s",
-        title="throughput against batch size",
-    )
-    for axis in (left, right):
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
