@@ -344,7 +344,7 @@ def _run_synthesize(args: argparse.Namespace) -> int:
 def _stream_synthesize(args: argparse.Namespace, options) -> int:
     import statistics
 
-    from wavflow.streaming import stream_files
+    from wavflow.stream_synthesis import stream_files
 
     if args.method != "cached":
         print("wavflow synthesize: error: --stream needs --method cached", file=sys.stderr)
