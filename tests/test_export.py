@@ -72,7 +72,7 @@ def test_onnx_student_in_onnxruntime_matches_pytorch(kind, tmp_path):
     assert code == 0
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [node.name for node in session.get_inputs()]
-    assert names == (["feats", "z", "f0"] if recipe.data.harmonics else ["feats", "z"])
+    assert names == (["feats", "z", "f0"] if recipe.conditioning.harmonics else ["feats", "z"])
     # Lengths and batch sizes other than the traced example: both axes are dynamic.
     for batch, frames in [(1, 16), (3, 40)]:
         generator = torch.Generator().manual_seed(frames)

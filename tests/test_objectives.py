@@ -73,7 +73,9 @@ def test_a_student_with_a_teacher_checkpoint_is_distilled(prepared_dir, tmp_path
 def test_distillation_starts_the_students_f0_predictor_from_the_teachers_not_the_loss(
     prepared_dir, tmp_path
 ):
-    recipe = _student_recipe("squeezewave", 'data.pitch="harmonic"', 'data.f0_method="pyin"')
+    recipe = _student_recipe(
+        "squeezewave", 'conditioning.pitch="harmonic"', 'data.f0_method="pyin"'
+    )
     teacher = build_teacher(recipe)
     with torch.no_grad():
         for parameter in teacher.conditioner.f0_predictor.parameters():

@@ -25,7 +25,7 @@ SPEAKERS = ["ann", "bob", "cy"]
 
 @pytest.fixture(scope="module")
 def recipe() -> Recipe:
-    return load_recipe(ROOT / "recipes" / "tiny_teacher.toml", ["data.speakers=true"])
+    return load_recipe(ROOT / "recipes" / "tiny_teacher.toml", ["conditioning.speakers=true"])
 
 
 def test_speaker_ids_by_name(recipe: Recipe) -> None:

@@ -43,8 +43,8 @@ TINY_STUDENTS = {
     ],
     "squeezewave_pitch": [
         'student.kind="squeezewave"',
-        'data.pitch="harmonic"',
-        "data.n_harmonics=3",
+        'conditioning.pitch="harmonic"',
+        "conditioning.n_harmonics=3",
         "student.squeezewave.n_flows=2",
         "student.squeezewave.n_layers=2",
         "student.squeezewave.channels=8",
@@ -95,7 +95,7 @@ def _student(kind: str, tmp_path):
 
 def _f0(recipe, batch: int, frames: int) -> torch.Tensor | None:
     """F0 (batch, frames) Hz for pitch students: unvoiced first frames, then 100-300 Hz."""
-    if not recipe.data.harmonics:
+    if not recipe.conditioning.harmonics:
         return None
     voiced = torch.linspace(100, 300, frames - frames // 4).expand(batch, -1)
     return torch.cat([torch.zeros(batch, frames // 4), voiced], 1)
@@ -177,7 +177,8 @@ def test_chunked_synthesis_matches_unchunked(kind, tolerance, tmp_path):
     recipe, model, _ = _student(kind, tmp_path)
     model.eval()
     feats = torch.randn(1, 20, 64)
-    f0 = torch.linspace(120, 240, 64)[None] if recipe.data.harmonics else None  # (1, frames) Hz
+    pitch = recipe.conditioning.harmonics
+    f0 = torch.linspace(120, 240, 64)[None] if pitch else None  # (1, frames) Hz
     whole = vocode(
         model,
         feats,

@@ -180,7 +180,7 @@ def test_train_uses_the_dataset_it_is_given_without_opening_it_again(
     state = train(_teacher_objective(recipe), recipe, data, tmp_path / "run", progress=False)
     assert state.step == 2 and opened == []
     with pytest.raises(DataError, match="without F0"):  # a given dataset is still checked
-        pitch = load_recipe(TINY, ['data.pitch="harmonic"', 'data.f0_method="pyin"'])
+        pitch = load_recipe(TINY, ['conditioning.pitch="harmonic"', 'data.f0_method="pyin"'])
         train(_teacher_objective(pitch), pitch, data, tmp_path / "pitch", progress=False)
 
 

@@ -32,15 +32,19 @@ class CheckpointError(ValueError):
 
 
 def build_teacher(recipe: Recipe, n_speakers: int = 0) -> WaveNet:
-    """A new weight-normalised teacher from `[teacher]` and the mel settings."""
-    sizes = dataclasses.asdict(recipe.teacher) | pitch_arguments(recipe)
-    sizes["n_speakers"] = n_speakers
-    model = WaveNet(recipe.features.n_mels, recipe.features.hop_length, **sizes)
+    """A new weight-normalised teacher from `[teacher]`, `[conditioning]` and the mel settings."""
+    model = WaveNet(
+        recipe.features.n_mels,
+        recipe.features.hop_length,
+        n_speakers=n_speakers,
+        **dataclasses.asdict(recipe.teacher) | pitch_arguments(recipe),
+    )
     return add_weight_norm(model)
 
 
 def build_student(recipe: Recipe, n_speakers: int = 0, kind: str | None = None) -> nn.Module:
-    """A new student of `kind` (default `[student] kind`) from its `[student.<kind>]` sizes."""
+    """A new student of `kind` (default `[student] kind`) from its `[student.<kind>]` sizes and
+    `[conditioning]`."""
     from wavflow.flows import build_student as build_flow_student
 
     kind = kind or recipe.student.kind
@@ -54,10 +58,13 @@ def build_student(recipe: Recipe, n_speakers: int = 0, kind: str | None = None) 
 
 
 def pitch_arguments(recipe: Recipe) -> dict[str, int]:
-    """Constructor arguments of pitch conditioning ({} when the recipe has no pitch)."""
-    if not recipe.data.harmonics:
+    """Constructor arguments of pitch conditioning ({} when `[conditioning]` has no pitch)."""
+    if not recipe.conditioning.harmonics:
         return {}
-    return {"n_harmonics": recipe.data.harmonics, "sample_rate": recipe.features.sample_rate}
+    return {
+        "n_harmonics": recipe.conditioning.harmonics,
+        "sample_rate": recipe.features.sample_rate,
+    }
 
 
 def build_model(kind: str, recipe: Recipe, n_speakers: int = 0) -> nn.Module:
@@ -156,8 +163,9 @@ def load_model(
 
 
 def speaker_count(recipe: Recipe, speakers: list[str]) -> int:
-    """Speakers a model conditions on: all of them when `[data] speakers` and there are 2+."""
-    return len(speakers) if recipe.data.speakers and len(speakers) > 1 else 0
+    """Speakers a model conditions on: all of them when `conditioning.speakers` and there are
+    2+."""
+    return len(speakers) if recipe.conditioning.speakers and len(speakers) > 1 else 0
 
 
 def load_teacher(
@@ -166,6 +174,9 @@ def load_teacher(
     """A frozen teacher for distillation, its mel settings checked against `features` and, for
     a teacher with speakers, its speaker list against the student data's `speakers` (ids index
     both lists, so another list would select other voices' embeddings).
+
+    Its other conditioning may differ from the student's: each model conditions itself on the
+    same batch (a teacher with pitch can teach a student without).
 
     Raises:
         CheckpointError: not a teacher checkpoint, or trained on other speakers; ValueError:

@@ -1,8 +1,9 @@
 """Recipes: one frozen dataclass per TOML section, strict loading, `--set` overrides, TOML output.
 
-A recipe file has the sections `[features]`, `[data]`, `[teacher]`, `[student]`, `[train]` and
-`[distill]`; every key is optional (the dataclass default applies), unknown keys and wrong types
-are errors naming `section.key`.
+A recipe file has the sections `[features]`, `[data]`, `[conditioning]`, `[teacher]`,
+`[student]`, `[train]` and `[distill]`; every key is optional (the dataclass default applies),
+unknown keys and wrong types are errors naming `section.key`. Recipes and checkpoints written
+before a key moved still load (`_migrate`), with a warning naming the key's new place.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import tomllib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,13 +129,8 @@ class DataConfig:
         silence_db: a clip whose RMS is below this (dBFS) before normalisation is skipped as silent.
         num_workers: DataLoader workers (0: load in the main process).
         corpus_minutes: minutes of built-in corpus the demo generates.
-        speakers: condition on speaker identity (global conditioning) when the data has several.
         f0_method: F0 tracker run by `wavflow prepare`: "pyin" (librosa) or "none".
         f0_min, f0_max: the tracker's F0 search range in Hz.
-        pitch: "harmonic" conditions every model on a harmonic excitation built from F0
-            (sin and cos of k times the F0 phase, k = 1..n_harmonics, zero where unvoiced) that
-            enters the signal path and the gates; "none" uses mels (and speakers) only.
-        n_harmonics: harmonics of the excitation.
     """
 
     segment_length: int = 8192
@@ -144,17 +141,9 @@ class DataConfig:
     silence_db: float = -60.0
     num_workers: int = 0
     corpus_minutes: float = 5.0
-    speakers: bool = False
     f0_method: str = "pyin"
     f0_min: float = 60.0
     f0_max: float = 500.0
-    pitch: str = "none"
-    n_harmonics: int = 8
-
-    @property
-    def harmonics(self) -> int:
-        """Harmonics of the excitation the models are conditioned on (0: no pitch)."""
-        return self.n_harmonics if self.pitch == "harmonic" else 0
 
     def __post_init__(self) -> None:
         _require(
@@ -166,12 +155,39 @@ class DataConfig:
                 (self.num_workers >= 0, "num_workers must be >= 0"),
                 (self.f0_method in ("pyin", "none"), "f0_method must be 'pyin' or 'none'"),
                 (0 < self.f0_min < self.f0_max, "need 0 < f0_min < f0_max"),
+            ],
+        )
+
+
+@dataclass(frozen=True)
+class ConditioningConfig:
+    """What every model is conditioned on besides the mels (`[conditioning]`): part of each
+    model's architecture, so it is stored in checkpoints and compared on resume.
+
+    Attributes:
+        speakers: condition on speaker identity (global conditioning) when the data has several.
+        pitch: "harmonic" conditions every model on a harmonic excitation built from F0
+            (sin and cos of k times the F0 phase, k = 1..n_harmonics, zero where unvoiced) that
+            enters the signal path and the gates; "none" uses mels (and speakers) only. It
+            needs F0 in the data (`data.f0_method`).
+        n_harmonics: harmonics of the excitation.
+    """
+
+    speakers: bool = False
+    pitch: str = "none"
+    n_harmonics: int = 8
+
+    @property
+    def harmonics(self) -> int:
+        """Harmonics of the excitation the models are conditioned on (0: no pitch)."""
+        return self.n_harmonics if self.pitch == "harmonic" else 0
+
+    def __post_init__(self) -> None:
+        _require(
+            "conditioning",
+            [
                 (self.pitch in ("none", "harmonic"), "pitch must be 'none' or 'harmonic'"),
                 (self.n_harmonics >= 1, "n_harmonics must be >= 1"),
-                (
-                    self.pitch == "none" or self.f0_method != "none",
-                    "pitch = 'harmonic' needs F0: set f0_method = 'pyin'",
-                ),
             ],
         )
 
@@ -188,7 +204,6 @@ class TeacherConfig:
         output: "gaussian" (ClariNet) or "mol" (discretised mixture of logistics).
         n_mixtures: logistic components of the "mol" head.
         log_scale_min: floor on predicted log-scales.
-        n_speakers: speakers for global conditioning (0: none).
         speaker_channels: speaker embedding width.
         envelope: model the signal normalised by the level its mel gives (`WaveNet`): a
             mel-adaptive teacher, quiet in silences from the start.
@@ -207,7 +222,6 @@ class TeacherConfig:
     output: str = "mol"
     n_mixtures: int = 10
     log_scale_min: float = -7.0
-    n_speakers: int = 0
     speaker_channels: int = 16
     envelope: bool = False
     envelope_offset: float = -2.7
@@ -361,10 +375,18 @@ class Recipe:
 
     features: FeatureConfig = field(default_factory=FeatureConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self) -> None:
+        if self.conditioning.pitch == "harmonic" and self.data.f0_method == "none":
+            raise RecipeError(
+                "conditioning.pitch = 'harmonic' needs F0, but data.f0_method = 'none': "
+                "set data.f0_method = 'pyin' or conditioning.pitch = 'none'"
+            )
 
 
 def student_recipe(recipe: Recipe, kind: str | None = None) -> Recipe:
@@ -382,8 +404,17 @@ def _require(section: str, checks: list[tuple[bool, str]]) -> None:
             raise RecipeError(f"[{section}] {message}")
 
 
+def differing_key(old: Any, new: Any) -> str | None:
+    """The first compared field in which two configs of one section differ (None: equal)."""
+    for f in dataclasses.fields(old):
+        if f.compare and getattr(old, f.name) != getattr(new, f.name):
+            return f.name
+    return None
+
+
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass `cls` from a TOML table, checking keys and types recursively.
+    """Build dataclass `cls` from a TOML table, checking keys and types recursively. A table
+    given for a table-valued key (such as `[distill.weights]`) replaces its default whole.
 
     Raises:
         RecipeError: naming the dotted key of an unknown key or a value of the wrong type.
@@ -396,22 +427,14 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise RecipeError(f"unknown recipe key '{key}' (known: {', '.join(sorted(names))})")
-    defaults = {f.name: f.default_factory() for f in dataclasses.fields(cls) if _has_factory(f)}
-    values = {}
-    for name, value in data.items():
-        key = f"{where}.{name}" if where else name
-        values[name] = _coerce(hints[name], value, key)
-        if isinstance(values[name], dict) and isinstance(defaults.get(name), dict):
-            # A table such as [distill.weights] updates the defaults rather than replacing them.
-            values[name] = {**defaults[name], **values[name]}
+    values = {
+        name: _coerce(hints[name], value, f"{where}.{name}" if where else name)
+        for name, value in data.items()
+    }
     try:
         return cls(**values)
     except TypeError as error:
         raise RecipeError(f"{where or 'recipe'}: {error}") from error
-
-
-def _has_factory(f: dataclasses.Field) -> bool:
-    return f.default_factory is not dataclasses.MISSING
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
@@ -447,6 +470,9 @@ def load_recipe(
 ) -> Recipe:
     """Read a TOML recipe (None: all defaults) and apply `section.key=value` overrides.
 
+    An override edits the recipe as it resolves: `distill.weights.kl=2` changes the kl weight of
+    the file's `[distill.weights]`, or of the default weights when the file has none.
+
     Raises:
         RecipeError: for a missing or malformed file, unknown keys, wrong types, bad overrides.
     """
@@ -459,14 +485,55 @@ def load_recipe(
             raise RecipeError(f"recipe file not found: {path}") from error
         except tomllib.TOMLDecodeError as error:
             raise RecipeError(f"{path}: invalid TOML ({error})") from error
+    _fill_default_tables(Recipe, data)
     for override in overrides:
         apply_override(data, override)
-    return from_dict(Recipe, data)
+    return from_dict(Recipe, _migrate(data))
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
-    """Rebuild a `Recipe` from `to_dict` output (e.g. a checkpoint's config)."""
-    return from_dict(Recipe, data)
+    """Rebuild a `Recipe` from `to_dict` output (e.g. a checkpoint's config, of any version)."""
+    return from_dict(Recipe, _migrate(data))
+
+
+def _fill_default_tables(cls: type, data: dict[str, Any]) -> None:
+    """Give `data` (a TOML table of dataclass `cls`) the default of every table-valued key it
+    lacks, recursively, so that an override of one entry keeps the others."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            if isinstance(section := data.setdefault(f.name, {}), dict):
+                _fill_default_tables(hints[f.name], section)
+        elif typing.get_origin(hints[f.name]) is dict:
+            data.setdefault(f.name, f.default_factory())
+
+
+# Keys that moved, (old section, key) -> new section; and removed keys, with the reason.
+MOVED_KEYS = {("data", key): "conditioning" for key in ("speakers", "pitch", "n_harmonics")}
+REMOVED_KEYS = {("teacher", "n_speakers"): "the speakers come from the data"}
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A recipe table of an older layout (a file, or a checkpoint's config) in today's, with a
+    one-line warning per moved or removed key; `data` itself is left as it was.
+
+    Raises:
+        RecipeError: a moved key is set in both its old and its new section.
+    """
+    data = {name: dict(table) if isinstance(table, dict) else table for name, table in data.items()}
+    for (old, key), new in MOVED_KEYS.items():
+        source, target = data.get(old), data.setdefault(new, {})
+        if not (isinstance(source, dict) and isinstance(target, dict) and key in source):
+            continue
+        if key in target:
+            raise RecipeError(f"'{old}.{key}' and '{new}.{key}' are both set: keep '{new}.{key}'")
+        warnings.warn(f"recipe key '{old}.{key}' has moved to [{new}]", FutureWarning, stacklevel=3)
+        target[key] = source.pop(key)
+    for (section, key), reason in REMOVED_KEYS.items():
+        if isinstance(table := data.get(section), dict) and table.pop(key, None) is not None:
+            message = f"recipe key '{section}.{key}' is ignored: {reason}"
+            warnings.warn(message, FutureWarning, stacklevel=3)
+    return data
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

@@ -27,7 +27,15 @@ from torch.utils.tensorboard import SummaryWriter
 
 from wavflow.audio import check_features_match
 from wavflow.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
-from wavflow.config import Recipe, TrainConfig, dumps_toml, recipe_from_dict, to_dict
+from wavflow.config import (
+    Recipe,
+    RecipeError,
+    TrainConfig,
+    differing_key,
+    dumps_toml,
+    recipe_from_dict,
+    to_dict,
+)
 from wavflow.data import PreparedData, SegmentDataset, StepBatchSampler
 from wavflow.distributed import (
     init_distributed,
@@ -281,7 +289,7 @@ def _open_data(data: PreparedData | str | Path, recipe: Recipe) -> PreparedData:
     if not isinstance(data, PreparedData):
         data = PreparedData(data)
     check_features_match(recipe.features, data.features, str(data.root))
-    if recipe.data.harmonics:
+    if recipe.conditioning.harmonics:
         data.require_f0()
     return data
 
@@ -361,6 +369,10 @@ def _save(
     )
 
 
+# The sections that make the model what it is: a resumed run must keep them.
+RESUME_SECTIONS = ("features", "conditioning", "teacher", "student")
+
+
 def _restore(
     path: Path,
     recipe: Recipe,
@@ -377,14 +389,21 @@ def _restore(
 
     Returns:
         The run state, and every rank's saved RNG states (for `set_rng_states`).
+
+    Raises:
+        RecipeError: the model sections (`RESUME_SECTIONS`) differ from the checkpoint's,
+            naming the first differing key.
     """
     saved = load_checkpoint(path, map_location=device)
     old = recipe_from_dict(saved["config"])
-    for section in ("features", "teacher", "student"):
-        if getattr(old, section) != getattr(recipe, section):
-            raise TrainingError(
-                f"cannot resume from {path}: [{section}] differs from the recipe given; "
-                "resume with the run's own recipe.toml (only [train] may change)"
+    for section in RESUME_SECTIONS:
+        key = differing_key(getattr(old, section), getattr(recipe, section))
+        if key is not None:
+            was, given = getattr(getattr(old, section), key), getattr(getattr(recipe, section), key)
+            raise RecipeError(
+                f"cannot resume from {path}: {section}.{key} is {was!r} in the run but "
+                f"{given!r} in the recipe given; resume with the run's own recipe.toml (only "
+                "[train] may change), or start a new run with --out"
             )
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
