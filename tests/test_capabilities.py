@@ -4,34 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from factories import HOP, N_MELS, tiny_student, tiny_teacher
 
 from wavflow.capabilities import Capabilities
 from wavflow.distill import choose_estimator
-from wavflow.flows import STUDENTS, build_student
-from wavflow.teacher import WaveNet
 
-N_MELS, HOP, FRAMES = 8, 4, 12
+FRAMES = 12
 DTYPE = torch.float64
 
 
-def tiny_teacher(**options: object) -> WaveNet:
-    torch.manual_seed(0)
-    sizes = dict(n_layers=4, n_cycles=2, residual_channels=8, gate_channels=16, skip_channels=8)
-    return WaveNet(N_MELS, HOP, output="gaussian", **sizes | options).to(DTYPE).eval()
-
-
-def tiny_student(kind: str, n_speakers: int = 0, **options: object):
-    torch.manual_seed(0)
-    sizes = STUDENTS[kind].PRESETS["tiny"] | options
-    return build_student(kind, N_MELS, HOP, n_speakers, **sizes).to(DTYPE).eval()
-
-
 def test_every_model_declares_its_capabilities() -> None:
-    teacher = tiny_teacher(n_speakers=3, n_harmonics=2, sample_rate=16000).capabilities
+    teacher = tiny_teacher("gaussian", n_speakers=3, n_harmonics=2, sample_rate=16000).capabilities
     assert teacher == Capabilities(
         sequential=True,
         causal=True,
-        receptive_field=tiny_teacher().receptive_field,
+        receptive_field=tiny_teacher("gaussian").receptive_field,
         lookahead=2 * HOP,
         time_multiple=1,
         chunk_seconds=None,
@@ -55,7 +42,7 @@ def test_every_model_declares_its_capabilities() -> None:
 
 def test_the_iaf_receptive_field_and_lookahead_are_true() -> None:
     """x_t reads z_{t-R+1} .. z_t and mel frames up to `lookahead` samples after t."""
-    student = tiny_student("iaf")
+    student = tiny_student("iaf").eval()
     with torch.no_grad():  # the output convs start at zero: give x a dependence on z
         for name, parameter in student.named_parameters():
             if "head_out" in name:
@@ -81,7 +68,7 @@ def test_the_iaf_receptive_field_and_lookahead_are_true() -> None:
 
 
 def test_the_teacher_lookahead_is_true() -> None:
-    teacher = tiny_teacher()
+    teacher = tiny_teacher("gaussian").eval()
     generator = torch.Generator().manual_seed(2)
     feats = torch.randn(1, N_MELS, FRAMES, generator=generator, dtype=DTYPE)
     x = torch.rand(1, 1, FRAMES * HOP, generator=generator, dtype=DTYPE) * 2 - 1
@@ -98,7 +85,7 @@ def test_the_teacher_lookahead_is_true() -> None:
 
 
 def test_the_kl_estimator_follows_the_declared_location_scale() -> None:
-    teacher = tiny_teacher()  # a Gaussian head
+    teacher = tiny_teacher("gaussian")
     assert choose_estimator(tiny_student("iaf", base="gaussian"), teacher, "auto") == "closed_form"
     assert choose_estimator(tiny_student("iaf"), teacher, "auto") == "per_step"  # logistic base
     assert choose_estimator(tiny_student("waveglow"), teacher, "auto") == "sample"

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from factories import SMALLEST_WAVENET, tiny_teacher
 
 from wavflow.config import DistillConfig
 from wavflow.distill import (
@@ -27,18 +28,7 @@ MEAN_P, LOG_SCALE_P = 0.3, -0.5
 
 def constant_teacher(output: str = "gaussian") -> WaveNet:
     """A teacher whose every step is N(MEAN_P, exp(LOG_SCALE_P)^2), whatever the context."""
-    torch.manual_seed(0)
-    teacher = WaveNet(
-        n_mels=8,
-        hop_length=4,
-        n_layers=2,
-        n_cycles=1,
-        residual_channels=4,
-        gate_channels=8,
-        skip_channels=4,
-        output=output,
-        n_mixtures=2,
-    )
+    teacher = tiny_teacher(output, torch.float32, n_mixtures=2, **SMALLEST_WAVENET)
     with torch.no_grad():
         teacher.stack.head_out.weight.zero_()
         if output == "gaussian":

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from factories import tiny_teacher
 
 from wavflow.distributions import GaussianOutput, LogisticMixtureOutput
 from wavflow.generation import IncrementalWaveNet, load_kernel
-from wavflow.teacher import WaveNet
 
 FLOORS = (-7.0, -14.0)
 
@@ -222,20 +222,7 @@ def test_cpp_and_eager_sampling_agree_at_low_floor(output: str) -> None:
     log-scale at the floor -14."""
     if load_kernel() is None:
         pytest.skip("C++ kernel unavailable")
-    torch.manual_seed(0)
-    teacher = WaveNet(
-        n_mels=8,
-        hop_length=4,
-        output=output,
-        n_mixtures=3,
-        log_scale_min=-14.0,
-        n_layers=4,
-        n_cycles=1,
-        kernel_size=3,
-        residual_channels=8,
-        gate_channels=16,
-        skip_channels=8,
-    ).eval()
+    teacher = tiny_teacher(output, torch.float32, log_scale_min=-14.0, n_cycles=1).eval()
     n_params = teacher.head.n_params
     with torch.no_grad():
         teacher.stack.head_out.weight.normal_(0.0, 0.5)

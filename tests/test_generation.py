@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import HOP, mel_and_f0, tiny_teacher
 
 from wavflow.generation import GenerationState, IncrementalWaveNet, check_abi, kernel, load_kernel
 from wavflow.teacher import WaveNet
 
-N_MELS, HOP, FRAMES = 8, 4, 16
+FRAMES = 16
 LENGTH = FRAMES * HOP
 # Cuts that fall inside dilation blocks (d = 2, 4) and a one-sample chunk.
 CUTS = [13, 14, 37, 38]
@@ -20,12 +21,8 @@ CUTS = [13, 14, 37, 38]
 
 def teacher(output: str, dtype: torch.dtype, **options: object) -> WaveNet:
     """A tiny teacher with random weights, the zero-initialised output conv included."""
-    torch.manual_seed(0)
-    sizes = dict(n_layers=6, n_cycles=2, residual_channels=8, gate_channels=16, skip_channels=8)
-    model = WaveNet(N_MELS, HOP, output=output, n_mixtures=3, **sizes | options)
+    model = tiny_teacher(output, torch.float32, head_std=0.5, n_layers=6, **options)
     with torch.no_grad():
-        model.stack.head_out.weight.normal_(0.0, 0.5)
-        model.stack.head_out.bias.normal_(0.0, 0.5)
         if model.level_offset is not None:
             model.level_offset.fill_(-1.3)
     return model.to(dtype).eval()
@@ -35,11 +32,7 @@ def inputs(model: WaveNet, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cond (B, C, T) (with voiced and unvoiced F0 for a pitch teacher) and noise (B, N, T)."""
     generator = torch.Generator().manual_seed(2)
     dtype = model.stack.input.weight.dtype
-    feats = torch.randn(batch, N_MELS, FRAMES, generator=generator, dtype=dtype) * 2 - 2
-    f0 = None
-    if model.conditioner.n_harmonics:
-        f0 = torch.rand(batch, FRAMES, generator=generator, dtype=dtype) * 200 + 100
-        f0[:, 3] = 0.0
+    feats, f0 = mel_and_f0(model, batch, FRAMES, generator, unvoiced=3)
     with torch.no_grad():
         cond = model.condition(feats, f0=f0)
     noise = model.head.draw_noise(batch, LENGTH, generator).to(dtype)

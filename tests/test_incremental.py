@@ -6,13 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from factories import N_MELS, mel_and_f0, tiny_teacher
 
 from wavflow.generation import IncrementalWaveNet, eager, kernel, load_kernel
 from wavflow.nn.conv import add_weight_norm, remove_weight_norm
 from wavflow.teacher import WaveNet
 
 HEADS = ("mol", "gaussian")
-N_MELS, LENGTH = 8, 40
+LENGTH = 40
 
 
 @pytest.fixture(autouse=True)
@@ -28,20 +29,7 @@ def make_teacher(
     output: str, dtype: torch.dtype = torch.float64, seed: int = 0, **sizes: int
 ) -> WaveNet:
     """A tiny teacher with random weights everywhere, the zero-free output conv included."""
-    torch.manual_seed(seed)
-    config = dict(
-        n_layers=4,
-        n_cycles=2,
-        kernel_size=3,
-        residual_channels=8,
-        gate_channels=16,
-        skip_channels=8,
-    )
-    teacher = WaveNet(n_mels=N_MELS, hop_length=4, output=output, n_mixtures=3, **config | sizes)
-    with torch.no_grad():
-        teacher.stack.head_out.weight.normal_(0.0, 0.5)
-        teacher.stack.head_out.bias.normal_(0.0, 0.5)
-    return teacher.to(dtype).eval()
+    return tiny_teacher(output, dtype, head_std=0.5, seed=seed, **sizes).eval()
 
 
 def make_inputs(
@@ -330,11 +318,7 @@ def envelope_inputs(teacher: WaveNet, batch: int, frames: int = 10) -> dict[str,
     without pitch) and log level (B, T), and noise."""
     generator = torch.Generator().manual_seed(4)
     dtype = teacher.stack.input.weight.dtype
-    feats = torch.randn(batch, N_MELS, frames, generator=generator, dtype=dtype) * 2 - 2
-    f0 = None
-    if teacher.conditioner.n_harmonics:
-        f0 = torch.rand(batch, frames, generator=generator, dtype=dtype) * 200 + 100
-        f0[:, 1] = 0.0
+    feats, f0 = mel_and_f0(teacher, batch, frames, generator, unvoiced=1)
     cond = teacher.condition(feats, f0=f0)
     level = teacher.log_level(cond)[:, 0]
     assert level.std() > 0.5

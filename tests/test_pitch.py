@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from factories import tiny_teacher
 
 from wavflow.audio import estimate_f0
 from wavflow.config import FeatureConfig
@@ -62,20 +63,7 @@ def test_excitation_phase_is_continuous_across_chunks():
 
 
 def _pitch_teacher(**options) -> WaveNet:
-    torch.manual_seed(0)
-    model = WaveNet(
-        n_mels=8,
-        hop_length=16,
-        n_layers=4,
-        n_cycles=2,
-        residual_channels=8,
-        gate_channels=16,
-        skip_channels=8,
-        output="gaussian",
-        n_harmonics=3,
-        sample_rate=16000,
-        **options,
-    ).double()
+    model = tiny_teacher("gaussian", hop_length=16, n_harmonics=3, sample_rate=16000, **options)
     with torch.no_grad():
         model.stack.head_out.weight.normal_(0, 0.3)
     return model

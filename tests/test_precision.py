@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import SMALLEST_WAVENET
 from test_flows import BATCH, CASES, build, perturb
 
 from wavflow.checkpoint import build_teacher
@@ -30,16 +31,7 @@ def _bf16_autocast():
 
 
 def test_a_stack_reads_audio_and_writes_its_head_in_float32() -> None:
-    stack = WaveNetStack(
-        1,
-        2,
-        n_layers=2,
-        n_cycles=1,
-        kernel_size=3,
-        residual_channels=4,
-        gate_channels=8,
-        skip_channels=4,
-    )
+    stack = WaveNetStack(1, 2, **SMALLEST_WAVENET)
     seen = {}
     for name in ("input", "head_out", "head_hidden"):
         getattr(stack, name).register_forward_hook(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from factories import HOP, N_MELS, tiny_student, tiny_teacher
 from test_synthesis import TINY_STUDENTS
 
 from wavflow.audio import from_convention_mel
@@ -17,7 +18,6 @@ from wavflow.checkpoint import build_student as build_recipe_student
 from wavflow.checkpoint import checkpoint_state, save_checkpoint
 from wavflow.cli import main
 from wavflow.config import FeatureConfig, load_recipe
-from wavflow.flows import STUDENTS, build_student
 from wavflow.stream_benchmark import run_stream_benchmark
 from wavflow.streaming import (
     PositionalNoise,
@@ -28,7 +28,7 @@ from wavflow.streaming import (
 )
 from wavflow.teacher import WaveNet
 
-N_MELS, HOP, FRAMES, BATCH = 8, 4, 64, 2
+FRAMES, BATCH = 64, 2
 FEATURES = FeatureConfig(sample_rate=16000, n_mels=N_MELS, hop_length=HOP, n_fft=16, win_length=16)
 # Chunk sizes in frames that do not divide 64; 3 is shorter than every look-ahead but the
 # IAF's (2 frames), and chunks of 1 frame are streamed in `test_chunks_shorter_than...`.
@@ -56,15 +56,11 @@ def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _teacher(**options: object) -> WaveNet:
-    torch.manual_seed(0)
-    sizes = dict(n_layers=4, n_cycles=2, residual_channels=8, gate_channels=16, skip_channels=8)
-    return _perturbed(WaveNet(N_MELS, HOP, n_mixtures=3, sample_rate=16000, **sizes | options))
+    return _perturbed(tiny_teacher("mol", torch.float32, **{"sample_rate": 16000} | options))
 
 
 def _student(kind: str, **options: object):
-    torch.manual_seed(0)
-    sizes = STUDENTS[kind].PRESETS["tiny"] | {"sample_rate": 16000} | options
-    model = build_student(kind, N_MELS, HOP, **sizes)
+    model = tiny_student(kind, dtype=torch.float32, **{"sample_rate": 16000} | options)
     feats, f0 = _inputs(bool(model.conditioner.n_harmonics))
     with torch.inference_mode():  # data-dependent initialisation (ActNorm), as training does
         model.sample(model.condition(feats, None, f0))

@@ -7,28 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from factories import SMALLEST_WAVENET, tiny_teacher
 
 from wavflow.distributions import GaussianOutput, LogisticMixtureOutput
 from wavflow.nn.conditioning import upsample_factors
 from wavflow.teacher import WaveNet
-
-
-def tiny_teacher(output: str, dtype=torch.float64, **options) -> WaveNet:
-    torch.manual_seed(0)
-    model = WaveNet(
-        n_mels=8,
-        hop_length=4,
-        n_layers=4,
-        n_cycles=2,
-        kernel_size=3,
-        residual_channels=8,
-        gate_channels=16,
-        skip_channels=8,
-        output=output,
-        n_mixtures=3,
-        **options,
-    )
-    return model.to(dtype)
 
 
 @pytest.mark.parametrize("output", ["gaussian", "mol"])
@@ -146,30 +129,12 @@ def test_naive_generation_shapes_and_lengths():
 @pytest.mark.parametrize(("hop", "factors"), [(256, [16, 16]), (200, [5, 10, 4]), (64, [16, 4])])
 def test_upsampling_factors_come_from_the_hop(hop, factors):
     assert upsample_factors(hop) == factors
-    model = WaveNet(
-        n_mels=8,
-        hop_length=hop,
-        n_layers=2,
-        n_cycles=1,
-        residual_channels=4,
-        gate_channels=8,
-        skip_channels=4,
-    )
+    model = tiny_teacher("mol", torch.float32, hop_length=hop, **SMALLEST_WAVENET)
     assert model.condition(torch.randn(1, 8, 3)).shape[-1] == 3 * hop
 
 
 def test_speaker_conditioning():
-    model = WaveNet(
-        n_mels=8,
-        hop_length=4,
-        n_layers=2,
-        n_cycles=1,
-        residual_channels=4,
-        gate_channels=8,
-        skip_channels=4,
-        n_speakers=3,
-        speaker_channels=5,
-    )
+    model = tiny_teacher("mol", torch.float32, n_speakers=3, speaker_channels=5, **SMALLEST_WAVENET)
     feats = torch.randn(2, 8, 3)
     a = model.condition(feats, torch.tensor([0, 1]))
     assert a.shape == (2, 13, 12)
