@@ -1,4 +1,5 @@
-"""Shared fixtures: a small built-in corpus and its prepared dataset, made once per session."""
+"""Shared fixtures: a small built-in corpus and its prepared dataset, made once per session, and
+a saved tiny teacher. The tiny models themselves are built by `factories`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import perturbed, save_model
 
+from wavflow.checkpoint import build_teacher
 from wavflow.config import Recipe, load_recipe
 from wavflow.corpus import write_corpus
 from wavflow.data import prepare_dataset
@@ -58,3 +61,10 @@ def prepared_dir(
     out = tmp_path_factory.mktemp("prepared")
     prepare_dataset(corpus_dir, out, tiny_recipe.features, tiny_recipe.data, progress=False)
     return out
+
+
+@pytest.fixture
+def teacher_checkpoint(tmp_path: Path, tiny_recipe: Recipe) -> str:
+    """The tiny teacher recipe's model with small random weights everywhere, saved."""
+    torch.manual_seed(0)
+    return save_model(tmp_path, "teacher", tiny_recipe, perturbed(build_teacher(tiny_recipe), 0.02))

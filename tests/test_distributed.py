@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_training import STUDENT_SIZES
+from factories import STUDENT_SIZES
 from torch import Tensor, nn
 
 from wavflow.checkpoint import build_student, build_teacher, load_checkpoint

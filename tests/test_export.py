@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_synthesis import TINY_STUDENTS, _f0, _student, teacher_checkpoint  # noqa: F401
+from factories import pitch_f0, student_checkpoint
 
 from wavflow.checkpoint import load_model
 from wavflow.cli import main
@@ -34,11 +34,11 @@ LOADERS = {"pt2": "torch.export.load(path).module()", "torchscript": "torch.jit.
     ("kind", "fmt"), [("iaf", "torchscript"), ("squeezewave_pitch", "pt2")]
 )
 def test_exported_student_runs_without_wavflow(kind, fmt, tmp_path):
-    recipe, _, checkpoint = _student(kind, tmp_path)
+    recipe, _, checkpoint = student_checkpoint(kind, tmp_path)
     suffix = {"pt2": "pt2", "torchscript": "ts"}[fmt]  # the format follows the suffix
     (path,) = export_student(checkpoint, tmp_path / f"student.{suffix}", example_seconds=0.05)
     # A length and batch other than the traced example's.
-    feats, z, f0 = torch.randn(3, 20, 24), torch.randn(3, 1, 24 * 64), _f0(recipe, 3, 24)
+    feats, z, f0 = torch.randn(3, 20, 24), torch.randn(3, 1, 24 * 64), pitch_f0(recipe, 3, 24)
     inputs = [feats, z] + ([] if f0 is None else [f0])
     torch.save(inputs, tmp_path / "inputs.pt")
     script = textwrap.dedent(f"""
@@ -55,7 +55,7 @@ def test_exported_student_runs_without_wavflow(kind, fmt, tmp_path):
     assert torch.allclose(torch.load(tmp_path / "out.pt"), expected, atol=1e-5)
 
 
-def test_export_refuses_a_teacher(teacher_checkpoint, tmp_path):  # noqa: F811
+def test_export_refuses_a_teacher(teacher_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="only students"):
         export_student(teacher_checkpoint, tmp_path / "t.pt2")
     with pytest.raises(ValueError, match="only students"):
@@ -66,7 +66,7 @@ def test_export_refuses_a_teacher(teacher_checkpoint, tmp_path):  # noqa: F811
 def test_onnx_student_in_onnxruntime_matches_pytorch(kind, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    recipe, _, checkpoint = _student(kind, tmp_path)
+    recipe, _, checkpoint = student_checkpoint(kind, tmp_path)
     path = tmp_path / "student.onnx"
     code = main(["export", "--checkpoint", checkpoint, "--out", str(path), "--format", "onnx"])
     assert code == 0
@@ -78,7 +78,7 @@ def test_onnx_student_in_onnxruntime_matches_pytorch(kind, tmp_path):
         generator = torch.Generator().manual_seed(frames)
         feats = torch.randn(batch, 20, frames, generator=generator) - 5.0
         z = torch.randn(batch, 1, frames * 64, generator=generator)
-        f0 = _f0(recipe, batch, frames)
+        f0 = pitch_f0(recipe, batch, frames)
         inputs = {"feats": feats, "z": z} | ({} if f0 is None else {"f0": f0})
         (audio,) = session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
         expected = _reference(checkpoint, feats, z, f0).numpy()
@@ -98,7 +98,7 @@ def test_cummax_by_reduction_is_torch_cummax():
 
 def test_safetensors_release_loads_without_pickle(tmp_path, monkeypatch):
     pytest.importorskip("safetensors")
-    recipe, _, checkpoint = _student("waveglow", tmp_path)
+    recipe, _, checkpoint = student_checkpoint("waveglow", tmp_path)
     release = tmp_path / "release" / "waveglow.safetensors"
     assert (
         main(
@@ -146,7 +146,7 @@ def test_a_release_without_its_json_is_refused(tmp_path):
     pytest.importorskip("safetensors")
     from wavflow.checkpoint import CheckpointError
 
-    _, _, checkpoint = _student("iaf", tmp_path)
+    _, _, checkpoint = student_checkpoint("iaf", tmp_path)
     release = tmp_path / "iaf.safetensors"
     export_student(checkpoint, release, "safetensors")
     release.with_suffix(".json").unlink()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import STUDENT_SIZES
+from factories import STUDENT_SIZES
 
 from wavflow.checkpoint import (
     build_student,

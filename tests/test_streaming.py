@@ -9,15 +9,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from factories import HOP, N_MELS, tiny_student, tiny_teacher
-from test_synthesis import TINY_STUDENTS
+from factories import HOP, N_MELS, perturbed, student_checkpoint, tiny_student, tiny_teacher
 
 from wavflow.audio import from_convention_mel
 from wavflow.benchmark import BenchSettings
-from wavflow.checkpoint import build_student as build_recipe_student
-from wavflow.checkpoint import checkpoint_state, save_checkpoint
 from wavflow.cli import main
-from wavflow.config import FeatureConfig, load_recipe
+from wavflow.config import FeatureConfig
 from wavflow.stream_benchmark import run_stream_benchmark
 from wavflow.streaming import (
     PositionalNoise,
@@ -46,13 +43,8 @@ def _one_thread():
 
 
 def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
-    """Random weights everywhere: zero-initialised output convs would make every flow the
-    identity, which streams exactly whatever its context."""
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    return model.eval()
+    """Random weights everywhere: an identity flow streams exactly whatever its context."""
+    return perturbed(model, 0.1).eval()
 
 
 def _teacher(**options: object) -> WaveNet:
@@ -191,7 +183,8 @@ def test_a_pitch_model_needs_f0_with_its_frames() -> None:
 
 
 def test_synthesize_stream_writes_the_streamed_audio(tmp_path, capsys) -> None:
-    recipe, student, checkpoint = _checkpoint_student("iaf", tmp_path)
+    recipe, student, checkpoint = student_checkpoint("iaf", tmp_path, std=0.1)
+    student.eval()
     mel = np.random.default_rng(0).normal(-6, 1, (20, 13)).astype(np.float32)
     np.save(tmp_path / "mel.npy", mel)
     out = tmp_path / "out"
@@ -231,18 +224,3 @@ def test_bench_stream_reports_latency_and_rtf_per_chunk_size(tmp_path) -> None:
         assert row["chunk_real_time_factor"] > 0 and row["lookahead_ms"] > 0
     assert json.loads((tmp_path / "stream.json").read_text())["rows"] == rows
     assert "| squeezewave | fp32 |" in (tmp_path / "stream.md").read_text()
-
-
-def _checkpoint_student(kind: str, tmp_path):
-    """A tiny student of the tests' synthesis recipe with random weights, saved."""
-    recipe = load_recipe(
-        None,
-        TINY_STUDENTS[kind]
-        + ["features.n_mels=20", "features.hop_length=64", "features.n_fft=256"]
-        + ["features.win_length=256"],
-    )
-    torch.manual_seed(0)
-    model = _perturbed(build_recipe_student(recipe))
-    path = tmp_path / f"{kind}.pt"
-    save_checkpoint(path, checkpoint_state("student", recipe, model, ["spk0"], step=0))
-    return recipe, model, str(path)

@@ -10,95 +10,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from factories import TINY_STUDENTS, student_checkpoint
 from test_audio import hifigan_reference, parallel_wavegan_reference
 
 from wavflow.audio import load_audio
-from wavflow.checkpoint import build_student, build_teacher, checkpoint_state, save_checkpoint
 from wavflow.cli import main
-from wavflow.config import load_recipe
 from wavflow.synthesis import SynthesisOptions, _items_per_pass, vocode
-
-TINY_STUDENTS = {
-    "iaf": [
-        'student.kind="iaf"',
-        "student.iaf.flow_layers=[2, 2]",
-        "student.iaf.channels=8",
-        "student.iaf.layers_per_cycle=2",
-    ],
-    "waveglow": [
-        'student.kind="waveglow"',
-        "student.waveglow.n_flows=2",
-        "student.waveglow.n_layers=2",
-        "student.waveglow.channels=8",
-        "student.waveglow.group=4",
-        "student.waveglow.early_every=4",
-    ],
-    "flowavenet": [
-        'student.kind="flowavenet"',
-        "student.flowavenet.n_blocks=2",
-        "student.flowavenet.flows_per_block=2",
-        "student.flowavenet.n_layers=2",
-        "student.flowavenet.channels=8",
-        "student.flowavenet.blocks_per_split=1",
-    ],
-    "squeezewave_pitch": [
-        'student.kind="squeezewave"',
-        'conditioning.pitch="harmonic"',
-        "conditioning.n_harmonics=3",
-        "student.squeezewave.n_flows=2",
-        "student.squeezewave.n_layers=2",
-        "student.squeezewave.channels=8",
-        "student.squeezewave.fold=16",
-        "student.squeezewave.early_every=4",
-    ],
-}
-
-
-def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.02 * torch.randn_like(parameter))
-    return model
-
-
-def _save(tmp_path, kind: str, recipe, model) -> str:
-    path = tmp_path / f"{kind}.pt"
-    save_checkpoint(path, checkpoint_state(kind, recipe, model, ["spk0"], step=0))
-    return str(path)
-
-
-@pytest.fixture
-def teacher_checkpoint(tmp_path, tiny_recipe):
-    torch.manual_seed(0)
-    return _save(tmp_path, "teacher", tiny_recipe, _perturbed(build_teacher(tiny_recipe)))
-
-
-def _student(kind: str, tmp_path):
-    recipe = load_recipe(
-        None,
-        TINY_STUDENTS[kind]
-        + [
-            "features.n_mels=20",
-            "features.hop_length=64",
-            "features.n_fft=256",
-            "features.win_length=256",
-        ],
-    )
-    torch.manual_seed(0)
-    model = build_student(recipe)
-    with torch.no_grad():  # data-dependent initialisation (FloWaveNet's ActNorm), as training
-        model.sample(model.condition(torch.randn(2, 20, 16), None, _f0(recipe, 2, 16)))
-    model = _perturbed(model)
-    return recipe, model, _save(tmp_path, "student", recipe, model)
-
-
-def _f0(recipe, batch: int, frames: int) -> torch.Tensor | None:
-    """F0 (batch, frames) Hz for pitch students: unvoiced first frames, then 100-300 Hz."""
-    if not recipe.conditioning.harmonics:
-        return None
-    voiced = torch.linspace(100, 300, frames - frames // 4).expand(batch, -1)
-    return torch.cat([torch.zeros(batch, frames // 4), voiced], 1)
 
 
 def test_synthesize_audio_and_mels_reporting_bad_inputs(
@@ -138,7 +55,7 @@ def test_synthesize_audio_and_mels_reporting_bad_inputs(
 def test_pitch_student_reads_f0_files_beside_mels_and_predicts_the_rest(tmp_path):
     from wavflow.synthesis import synthesize_files
 
-    _, _, checkpoint = _student("squeezewave_pitch", tmp_path)
+    _, _, checkpoint = student_checkpoint("squeezewave_pitch", tmp_path)
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     mel = np.random.default_rng(0).normal(-6, 1, (20, 8)).astype(np.float32)
@@ -174,7 +91,7 @@ def test_teacher_batches_of_different_lengths_match_single_items(teacher_checkpo
     ("kind", "tolerance"), [("iaf", 1e-4), ("waveglow", 0.05), ("squeezewave_pitch", 1e-4)]
 )
 def test_chunked_synthesis_matches_unchunked(kind, tolerance, tmp_path):
-    recipe, model, _ = _student(kind, tmp_path)
+    recipe, model, _ = student_checkpoint(kind, tmp_path)
     model.eval()
     feats = torch.randn(1, 20, 64)
     pitch = recipe.conditioning.harmonics
@@ -203,7 +120,7 @@ def test_chunked_synthesis_matches_unchunked(kind, tolerance, tmp_path):
 def test_bf16_students_stay_close_to_fp32(tmp_path):
     from wavflow.synthesis import prepare_for_inference
 
-    recipe, model, _ = _student("iaf", tmp_path)
+    recipe, model, _ = student_checkpoint("iaf", tmp_path)
     feats = torch.randn(1, 20, 32)
     full = vocode(
         prepare_for_inference(model, "fp32", torch.device("cpu")),
@@ -318,7 +235,7 @@ def test_normalisation_statistics_round_trip_from_prepare_to_synthesize(corpus_d
 def test_normalized_needs_statistics_in_the_checkpoint(tmp_path):
     from wavflow.synthesis import synthesize_files
 
-    _, _, checkpoint = _student("iaf", tmp_path)  # saved without prepare's statistics
+    _, _, checkpoint = student_checkpoint("iaf", tmp_path)  # saved without prepare's statistics
     with pytest.raises(ValueError, match="statistics"):
         synthesize_files(
             checkpoint, [tmp_path], tmp_path / "out", SynthesisOptions(normalized=True)
@@ -328,7 +245,7 @@ def test_normalized_needs_statistics_in_the_checkpoint(tmp_path):
 def test_a_batch_synthesised_in_groups_equals_one_pass(tmp_path):
     """Long utterances of a chunk-preferring student go through in groups of utterances that fit
     its chunk (for speed, see `_items_per_pass`); the audio is the whole batch's single pass."""
-    recipe, model, _ = _student("iaf", tmp_path)
+    recipe, model, _ = student_checkpoint("iaf", tmp_path)
     model.eval()
     frames = 300
     feats = torch.randn(3, 20, frames)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import STUDENT_SIZES
 from torch import nn
 
 from wavflow.checkpoint import CheckpointError, build_teacher, load_checkpoint, load_model
@@ -23,35 +24,6 @@ from wavflow.training import EMA, TrainingError, learning_rate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny_teacher.toml"
-
-
-STUDENT_SIZES = {  # recipe overrides of a tiny student of each kind
-    "iaf": [
-        "student.iaf.flow_layers=[2, 2]",
-        "student.iaf.layers_per_cycle=2",
-        "student.iaf.channels=8",
-    ],
-    "waveglow": [
-        "student.waveglow.n_flows=2",
-        "student.waveglow.n_layers=2",
-        "student.waveglow.channels=8",
-        "student.waveglow.group=4",
-        "student.waveglow.early_every=4",
-    ],
-    "flowavenet": [
-        "student.flowavenet.n_blocks=2",
-        "student.flowavenet.flows_per_block=2",
-        "student.flowavenet.channels=8",
-        "student.flowavenet.blocks_per_split=1",
-    ],
-    "squeezewave": [
-        "student.squeezewave.n_flows=2",
-        "student.squeezewave.fold=64",
-        "student.squeezewave.channels=8",
-        "student.squeezewave.n_layers=2",
-        "student.squeezewave.early_channels=4",
-    ],
-}
 
 
 def _teacher_objective(recipe):
