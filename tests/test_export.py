@@ -12,18 +12,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from factories import pitch_f0, student_checkpoint
+from factories import WITH_SPEAKERS, pitch_f0, student_checkpoint
 
 from wavflow.checkpoint import load_model
 from wavflow.cli import main
 from wavflow.export import cummax_by_reduction, export_student
 
 
-def _reference(checkpoint, feats, z, f0) -> torch.Tensor:
-    """The student's own sampling pass in PyTorch, (B, T)."""
+def _reference(checkpoint, feats, z, f0, speaker: int | None = None) -> torch.Tensor:
+    """The student's own sampling pass in PyTorch, (B, T), every row as speaker id `speaker`."""
     model, _, _ = load_model(checkpoint)
+    speakers = None if speaker is None else torch.full((len(feats),), speaker)
     with torch.no_grad():
-        x, _ = model.flow(z, model.condition(feats, None, f0))
+        x, _ = model.flow(z, model.condition(feats, speakers, f0))
     return x[:, 0]
 
 
@@ -187,3 +188,62 @@ def test_benchmark_has_onnxruntime_rows_beside_pytorch(tmp_path):
         BenchSettings(
             lengths=[1.0], batches=[1], dtypes=["fp32"], methods=["iaf"], runtimes=["tvm"]
         )
+
+
+SPEAKERS = ["ann", "bob", "cy"]
+
+
+def _run_exported(path, fmt: str, feats: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Audio (B, T) of an exported student without speaker input, in its own runtime."""
+    if fmt == "onnx":
+        onnxruntime = pytest.importorskip("onnxruntime")
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert [node.name for node in session.get_inputs()] == ["feats", "z"]
+        (audio,) = session.run(None, {"feats": feats.numpy(), "z": z.numpy()})
+        return torch.from_numpy(audio)
+    module = torch.export.load(path).module() if fmt == "pt2" else torch.jit.load(path)
+    with torch.no_grad():
+        return module(feats, z)
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx", "torchscript"])
+def test_a_multi_speaker_student_exports_for_one_speaker(fmt, tmp_path):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    _, _, checkpoint = student_checkpoint(
+        "iaf", tmp_path, std=0.1, speakers=SPEAKERS, overrides=WITH_SPEAKERS
+    )
+    # A batch and length other than the traced example's.
+    generator = torch.Generator().manual_seed(3)
+    feats = torch.randn(3, 20, 24, generator=generator) - 5.0
+    z = torch.randn(3, 1, 24 * 64, generator=generator)
+    suffix = {"pt2": "pt2", "onnx": "onnx", "torchscript": "ts"}[fmt]  # the format's suffix
+    audio = {}
+    for name in ("bob", "cy"):
+        path = tmp_path / f"{name}.{suffix}"
+        argv = ["export", "--checkpoint", checkpoint, "--out", str(path), "--speaker", name]
+        assert main(argv) == 0
+        audio[name] = _run_exported(path, fmt, feats, z)
+        expected = _reference(checkpoint, feats, z, None, SPEAKERS.index(name))
+        assert torch.allclose(audio[name], expected, atol=1e-4)
+    assert (audio["bob"] - audio["cy"]).abs().max() > 1e-3  # the speaker is in the graph
+
+
+def test_export_names_the_speakers_it_needs(tmp_path, capsys):
+    _, _, checkpoint = student_checkpoint(
+        "iaf", tmp_path, speakers=SPEAKERS, overrides=WITH_SPEAKERS
+    )
+    out = str(tmp_path / "student.pt2")
+    for extra, message in [
+        ([], "no --speaker: this model conditions on speakers, pass one of ann, bob, cy"),
+        (["--speaker", "dan"], "--speaker dan: this model conditions on speakers, pass one of"),
+    ]:
+        assert main(["export", "--checkpoint", checkpoint, "--out", out, *extra]) == 2
+        assert capsys.readouterr().err.startswith(f"wavflow export: error: {message}")
+    release = str(tmp_path / "release.safetensors")
+    assert main(["export", "--checkpoint", checkpoint, "--out", release, "--speaker", "ann"]) == 2
+    assert "a safetensors release keeps every speaker" in capsys.readouterr().err
+    _, _, single = student_checkpoint("iaf", tmp_path / "single")
+    assert main(["export", "--checkpoint", single, "--out", out, "--speaker", "ann"]) == 2
+    assert "--speaker ann: this model was trained without speakers" in capsys.readouterr().err

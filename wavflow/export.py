@@ -4,7 +4,8 @@ A deployed student is its sampling path as one module: inputs `feats` (B, n_mels
 natural-log mels, noise `z` (B, 1, F * hop) and, for pitch-conditioned students, `f0` (B, F)
 in Hz (0 = unvoiced); output audio (B, F * hop). The noise is an input so that a deployment
 picks its own RNG and the same noise gives the same audio in every runtime. F must make
-F * hop a multiple of the student's time folds, as for the student itself.
+F * hop a multiple of the student's time folds, as for the student itself. A multi-speaker
+student is exported for one speaker, whose id is a constant of the graph (`--speaker NAME`).
 
 A release is two files: `<name>.safetensors` (the EMA weights, else the raw ones, as the
 checkpoint's state_dict names them) and `<name>.json` (kind, speakers and the resolved
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from wavflow.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint, load_model
 from wavflow.config import FeatureConfig, OptionError
-from wavflow.synthesis import has_pitch
+from wavflow.synthesis import has_pitch, speaker_id
 
 FORMATS = ("pt2", "onnx", "torchscript", "safetensors")
 # The format a file name asks for when none is given (anything else: pt2).
@@ -34,14 +35,25 @@ ONNX_OPSET = 18
 
 class _DeployedStudent(nn.Module):
     """The student's sampling path as one module: (feats (B, n_mels, F), z (B, 1, F * hop)) ->
-    audio (B, F * hop). Noise is an input so that deployments choose their own RNG."""
+    audio (B, F * hop). Noise is an input so that deployments choose their own RNG.
 
-    def __init__(self, student: nn.Module) -> None:
+    Args:
+        student: the student, in eval mode.
+        speaker: the id every row is synthesised as (None for a student without speakers).
+    """
+
+    def __init__(self, student: nn.Module, speaker: int | None = None) -> None:
         super().__init__()
-        self.student = student
+        self.student, self.speaker = student, speaker
+
+    def _speakers(self, feats: Tensor) -> Tensor | None:
+        """The fixed speaker's id for each of the B rows of `feats`: (B,) long, or None."""
+        if self.speaker is None:
+            return None
+        return torch.full((feats.shape[0],), self.speaker, dtype=torch.long, device=feats.device)
 
     def forward(self, feats: Tensor, z: Tensor) -> Tensor:
-        x, _ = self.student.flow(z, self.student.condition(feats))
+        x, _ = self.student.flow(z, self.student.condition(feats, self._speakers(feats)))
         return x[:, 0]
 
 
@@ -50,14 +62,15 @@ class _DeployedPitchStudent(_DeployedStudent):
     unvoiced) as a third input."""
 
     def forward(self, feats: Tensor, z: Tensor, f0: Tensor) -> Tensor:  # type: ignore[override]
-        x, _ = self.student.flow(z, self.student.condition(feats, None, f0))
+        x, _ = self.student.flow(z, self.student.condition(feats, self._speakers(feats), f0))
         return x[:, 0]
 
 
-def deployed_student(student: nn.Module) -> nn.Module:
-    """The student (eval mode) wrapped as the deployed module of the module docstring."""
+def deployed_student(student: nn.Module, speaker: int | None = None) -> nn.Module:
+    """The student (eval mode) wrapped as the deployed module of the module docstring, for
+    speaker id `speaker` (None for a student without speakers)."""
     wrapper = _DeployedPitchStudent if has_pitch(student) else _DeployedStudent
-    return wrapper(student.eval())
+    return wrapper(student.eval(), speaker)
 
 
 def frame_multiple(student: nn.Module, hop_length: int) -> int:
@@ -81,7 +94,11 @@ def example_inputs(
 
 
 def export_student(
-    checkpoint: Path, out_path: Path, fmt: str | None = None, example_seconds: float = 1.0
+    checkpoint: Path,
+    out_path: Path,
+    fmt: str | None = None,
+    example_seconds: float = 1.0,
+    speaker: str | None = None,
 ) -> list[Path]:
     """Write a checkpoint in deployable form.
 
@@ -97,17 +114,27 @@ def export_student(
         out_path: the file to write; a release also writes `out_path.with_suffix(".json")`.
         fmt: one of `FORMATS`; None: by the suffix of `out_path` (`SUFFIX_FORMATS`), else pt2.
         example_seconds: length of the example input the graph is traced with.
+        speaker: for a multi-speaker student, the name (one of the checkpoint's speakers) whose
+            voice the graph synthesises; None for a student without speakers.
 
     Returns:
         The files written.
 
     Raises:
-        ValueError: an unknown format, or a teacher for torchscript/onnx (sequential models are
-            not exported).
+        OptionError: an unknown format; for pt2/onnx/torchscript a speaker name a
+            multi-speaker student does not know, none for such a student, or one for a student
+            without speakers (the message lists the speakers); a speaker for safetensors.
+        CheckpointError: a teacher for pt2/onnx/torchscript (sequential models are not
+            exported).
     """
     fmt = fmt or SUFFIX_FORMATS.get(out_path.suffix.lower(), "pt2")
     if fmt not in FORMATS:
         raise OptionError(f"unknown export format '{fmt}' (known: {', '.join(FORMATS)})")
+    if fmt == "safetensors" and speaker is not None:
+        raise OptionError(
+            f"--speaker {speaker}: a safetensors release keeps every speaker; --speaker picks "
+            "one for pt2, onnx and torchscript"
+        )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "safetensors":
         return write_release(checkpoint, out_path)
@@ -116,7 +143,8 @@ def export_student(
         raise CheckpointError(
             f"{checkpoint}: only students are exported, this is a {state['kind']}"
         )
-    return [write_student(model, recipe.features, out_path, fmt, example_seconds)]
+    speaker_index = speaker_id(model, state.get("speakers", []), speaker)
+    return [write_student(model, recipe.features, out_path, fmt, example_seconds, speaker_index)]
 
 
 def write_student(
@@ -125,14 +153,15 @@ def write_student(
     out_path: Path,
     fmt: str,
     example_seconds: float = 1.0,
+    speaker: int | None = None,
 ) -> Path:
     """Write a student (weight norm folded) as "pt2", "onnx" or "torchscript" (see
-    `export_student`)."""
+    `export_student`), synthesising speaker id `speaker` (None: a student without speakers)."""
     step = frame_multiple(student, features.hop_length)
     seconds_frames = example_seconds * features.sample_rate / features.hop_length
     frames = step * max(1, math.ceil(seconds_frames / step))
     # Batch 2: torch.export would take a batch of 1 for a constant.
-    deployed = deployed_student(student)
+    deployed = deployed_student(student, speaker)
     inputs = example_inputs(student, features, frames, batch=2)
     if fmt == "torchscript":
         with torch.no_grad():

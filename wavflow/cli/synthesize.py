@@ -132,7 +132,7 @@ def add_export(commands: argparse._SubParsersAction) -> None:
         "noise z (B, 1, F * hop)), plus F0 (B, F) in Hz for pitch-conditioned students; output "
         "audio (B, F * hop); batch and length dynamic in pt2 and ONNX. safetensors: the EMA "
         "weights, with the resolved recipe in a .json beside them (load_model and synthesize "
-        "--checkpoint read the pair).",
+        "--checkpoint read the pair). A multi-speaker student is exported for one --speaker.",
     )
     command.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint")
     command.add_argument("--out", type=Path, required=True, help="file to write")
@@ -142,12 +142,17 @@ def add_export(commands: argparse._SubParsersAction) -> None:
         help="what to write (default: by the suffix of --out: .onnx, .ts (TorchScript, which "
         "torch deprecates), .safetensors; else pt2, torch.export)",
     )
+    command.add_argument(
+        "--speaker",
+        help="speaker name the exported graph synthesises, for a student trained on several "
+        "(an error lists them)",
+    )
     command.set_defaults(run=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from wavflow.export import export_student
 
-    for path in export_student(args.checkpoint, args.out, args.format):
+    for path in export_student(args.checkpoint, args.out, args.format, speaker=args.speaker):
         print(f"wrote {path}")
     return 0
