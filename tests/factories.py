@@ -135,6 +135,12 @@ STUDENT_SIZES = {
 TINY_STUDENTS = {
     "iaf": ['student.kind="iaf"', *STUDENT_SIZES["iaf"]],
     "waveglow": ['student.kind="waveglow"', *STUDENT_SIZES["waveglow"]],
+    "iaf_spectral": [  # the output filtered by the mel's envelope (`SpectralEnvelope`)
+        'student.kind="iaf"',
+        *STUDENT_SIZES["iaf"],
+        "student.iaf.envelope=true",
+        "student.iaf.envelope_taps=64",
+    ],
     "flowavenet": [
         'student.kind="flowavenet"',
         *STUDENT_SIZES["flowavenet"],

@@ -32,7 +32,8 @@ LOADERS = {"pt2": "torch.export.load(path).module()", "torchscript": "torch.jit.
 
 
 @pytest.mark.parametrize(  # every student's pt2 program is also the ONNX test's
-    ("kind", "fmt"), [("iaf", "torchscript"), ("squeezewave_pitch", "pt2")]
+    ("kind", "fmt"),
+    [("iaf", "torchscript"), ("squeezewave_pitch", "pt2"), ("iaf_spectral", "torchscript")],
 )
 def test_exported_student_runs_without_wavflow(kind, fmt, tmp_path):
     recipe, _, checkpoint = student_checkpoint(kind, tmp_path)
@@ -63,7 +64,9 @@ def test_export_refuses_a_teacher(teacher_checkpoint, tmp_path):
         export_student(teacher_checkpoint, tmp_path / "t.onnx", "onnx")
 
 
-@pytest.mark.parametrize("kind", ["iaf", "waveglow", "flowavenet", "squeezewave_pitch"])
+@pytest.mark.parametrize(
+    "kind", ["iaf", "waveglow", "flowavenet", "squeezewave_pitch", "iaf_spectral"]
+)
 def test_onnx_student_in_onnxruntime_matches_pytorch(kind, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -126,6 +126,23 @@ def test_students_stream_their_whole_utterance_samples(kind, options) -> None:
         torch.testing.assert_close(streamed, whole[:, 0], rtol=0, atol=1e-5, msg=str(size))
 
 
+def test_the_spectral_envelope_iaf_streams_its_whole_utterance_samples() -> None:
+    """The output filter's taps reach back `envelope_taps` samples (in the receptive field)
+    and its crossfade half a hop ahead (within the look-ahead). Relative to the output's
+    scale: the filter's gain from these mels makes samples of about 1e3, where float32 rounds
+    at 1e-4."""
+    student = _student("iaf", envelope=True, envelope_taps=16, features=FEATURES)
+    feats, _ = _inputs(False)
+    noise = model_noise(student, BATCH, seed=4)
+    with torch.inference_mode():
+        whole, _ = student.flow(noise(0, FRAMES * HOP), student.condition(feats))
+    session = StreamSession.start(student, FEATURES, noise)
+    scale = whole.abs().max().item()
+    for size in CHUNKS:
+        streamed, _ = _streamed(session, feats, None, size)
+        torch.testing.assert_close(streamed, whole[:, 0], rtol=0, atol=1e-7 * scale, msg=str(size))
+
+
 @pytest.mark.parametrize("kind", ["teacher", "iaf", "waveglow"])
 def test_chunks_shorter_than_the_lookahead_wait_for_it_then_flush(kind) -> None:
     model = _teacher() if kind == "teacher" else _student(kind)

@@ -53,6 +53,7 @@ def build_student(recipe: Recipe, n_speakers: int = 0, kind: str | None = None) 
         recipe.features.n_mels,
         recipe.features.hop_length,
         n_speakers=n_speakers,
+        features=recipe.features,
         **recipe.student.sizes(kind) | pitch_arguments(recipe),
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+from wavflow.config import FeatureConfig
 from wavflow.flows.base import (
     Flow,
     FlowModel,
@@ -28,6 +29,7 @@ from wavflow.flows.layers import (
     Squeeze,
     SwapHalves,
 )
+from wavflow.flows.spectral_envelope import SpectralEnvelope
 from wavflow.flows.squeezewave import DepthwiseWaveNet, FrameRateConditioner, SqueezeWave
 from wavflow.flows.waveglow import WaveGlow
 
@@ -38,7 +40,7 @@ STUDENTS: dict[str, type[FlowModel]] = {
     "squeezewave": SqueezeWave,
 }
 
-_SHARED_ARGS = ("self", "n_mels", "hop_length", "n_speakers")
+_SHARED_ARGS = ("self", "n_mels", "hop_length", "n_speakers", "features")
 
 
 def student_sizes(kind: str) -> list[str]:
@@ -50,7 +52,12 @@ def student_sizes(kind: str) -> list[str]:
 
 
 def build_student(
-    kind: str, n_mels: int, hop_length: int, n_speakers: int = 0, **sizes: object
+    kind: str,
+    n_mels: int,
+    hop_length: int,
+    n_speakers: int = 0,
+    features: FeatureConfig | None = None,
+    **sizes: object,
 ) -> FlowModel:
     """Builds the student `kind` (a key of `STUDENTS`) from plain arguments.
 
@@ -59,6 +66,7 @@ def build_student(
         n_mels: mel bands of the features.
         hop_length: audio samples per frame.
         n_speakers: speakers (0: none).
+        features: the mel settings, for students that declare `takes_features`.
         **sizes: the model's size arguments, e.g. `**IAFStudent.PRESETS["tiny"]`.
 
     Returns:
@@ -73,6 +81,8 @@ def build_student(
             raise ValueError(
                 f"{STUDENTS[kind].__name__} has no size {key!r}; valid sizes: {', '.join(valid)}"
             )
+    if STUDENTS[kind].takes_features:
+        sizes["features"] = features
     return STUDENTS[kind](n_mels, hop_length, n_speakers, **sizes)
 
 
@@ -82,6 +92,7 @@ __all__ = [
     "AffineCoupling",
     "DepthwiseWaveNet",
     "EnvelopeScale",
+    "SpectralEnvelope",
     "FactorOut",
     "FloWaveNet",
     "Flow",

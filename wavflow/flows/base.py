@@ -227,6 +227,7 @@ class FlowModel(nn.Module):
     causal: ClassVar[bool] = False
     chunk_seconds: ClassVar[float | None] = None
     location_scale: ClassVar[bool] = False  # offers `rsample_with_stats`
+    takes_features: ClassVar[bool] = False  # its constructor takes the mel settings
     receptive_field: int | None = None
 
     def __init__(

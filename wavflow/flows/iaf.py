@@ -23,8 +23,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from wavflow.config import FeatureConfig
 from wavflow.flows.base import Flow, FlowModel, SequentialFlow, make_base
 from wavflow.flows.layers import LOG_SCALE_BOUND, EnvelopeScale, soft_clamp
+from wavflow.flows.spectral_envelope import SpectralEnvelope
 from wavflow.nn.conditioning import Conditioner
 from wavflow.nn.conv import add_weight_norm
 from wavflow.nn.wavenet import WaveNetStack
@@ -57,6 +59,8 @@ class IAFFlow(Flow):
         excitation_channels: 2K when `cond` ends with a harmonic excitation e (B, 2K, T) (see
             `Conditioner`): the WaveNet also predicts amplitudes a (B, 2K, T) and the shift
             becomes mu + sum_k a_k e_k, putting the excitation in the signal path.
+        leading_channels: channels at the front of `cond` that the WaveNet does not read
+            (`Conditioner.leading_channels`: data for the output filter).
     """
 
     def __init__(
@@ -70,10 +74,12 @@ class IAFFlow(Flow):
         input_kernel_size: int = 1,
         log_scale_bound: float = LOG_SCALE_BOUND,
         excitation_channels: int = 0,
+        leading_channels: int = 0,
     ) -> None:
         super().__init__()
         self.log_scale_bound = log_scale_bound
         self.excitation_channels = excitation_channels
+        self.leading_channels = leading_channels
         self.net = WaveNetStack(
             1,
             2 + excitation_channels,
@@ -83,7 +89,7 @@ class IAFFlow(Flow):
             residual_channels=hidden_channels,
             gate_channels=gate_channels or 2 * hidden_channels,
             skip_channels=hidden_channels,
-            cond_channels=cond_channels,
+            cond_channels=cond_channels - leading_channels,
             causal=True,
             input_kernel_size=input_kernel_size,
             zero_output=True,
@@ -95,7 +101,7 @@ class IAFFlow(Flow):
         return self.net.receptive_field
 
     def _params(self, shifted: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
-        out = self.net(shifted, cond)
+        out = self.net(shifted, None if cond is None else cond[:, self.leading_channels :])
         if not self.excitation_channels:
             mu, raw = out.chunk(2, dim=1)
             return mu, soft_clamp(raw, self.log_scale_bound)
@@ -165,6 +171,10 @@ class IAFStudent(FlowModel):
         envelope: scale the output by the level the mel gives (`EnvelopeScale`, a mel-adaptive
             prior): x = exp(e_t + c) * f(z), so the student is quiet in silences from the start.
         envelope_offset: c at initialisation.
+        envelope_taps: with `envelope`, shape the output by the mel's spectral envelope as well
+            as its level: a minimum-phase filter of this many taps per frame
+            (`SpectralEnvelope`, a spectrally shaped prior); 0: the level only.
+        features: the mel settings (needed for `envelope_taps`).
 
     References:
         van den Oord et al., "Parallel WaveNet", arXiv:1711.10433.
@@ -177,6 +187,7 @@ class IAFStudent(FlowModel):
     causal: ClassVar[bool] = True
     chunk_seconds: ClassVar[float | None] = 2.0
     location_scale: ClassVar[bool] = True
+    takes_features: ClassVar[bool] = True  # for the spectral envelope (`envelope_taps`)
 
     PRESETS: ClassVar[dict[str, dict]] = {
         # 4 flows of 10, 10, 10, 30 layers, 64 channels (the paper gives no kernel: 3 here).
@@ -224,9 +235,20 @@ class IAFStudent(FlowModel):
         init_log_scale: float = 0.0,
         envelope: bool = False,
         envelope_offset: float = -2.7,
+        envelope_taps: int = 0,
+        features: FeatureConfig | None = None,
     ) -> None:
+        if envelope_taps and not (envelope and features is not None):
+            raise ValueError("envelope_taps needs envelope = true and the feature settings")
         conditioner = Conditioner(
-            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate, envelope
+            n_mels,
+            hop_length,
+            n_speakers,
+            speaker_channels,
+            n_harmonics,
+            sample_rate,
+            envelope,
+            packed_mel=bool(envelope_taps),
         )
         for n_layers in flow_layers:
             if n_layers > layers_per_cycle and n_layers % layers_per_cycle:
@@ -245,6 +267,7 @@ class IAFStudent(FlowModel):
                 input_kernel_size=input_kernel_size,
                 log_scale_bound=log_scale_bound,
                 excitation_channels=conditioner.excitation_channels,
+                leading_channels=conditioner.leading_channels,
             )
             for n_layers in flow_layers
         ]
@@ -254,9 +277,11 @@ class IAFStudent(FlowModel):
             # starts in the hundreds instead of the thousands of nats per sample.
             with torch.no_grad():
                 flows[0].net.head_out.bias[1] = init_log_scale
-        scale = [EnvelopeScale(conditioner.envelope_channel, envelope_offset)] if envelope else []
-        super().__init__(SequentialFlow([*flows, *scale]), make_base(base), conditioner)
-        self.n_steps = len(flows)
+        scale = [self._envelope_layer(conditioner, envelope_offset, envelope_taps, features)]
+        super().__init__(
+            SequentialFlow([*flows, *(scale if envelope else [])]), make_base(base), conditioner
+        )
+        self.n_steps, self.envelope_taps = len(flows), envelope_taps
         add_weight_norm(self.flow)
 
     @property
@@ -264,15 +289,23 @@ class IAFStudent(FlowModel):
         """The IAF steps, in sampling order."""
         return list(self.flow.flows[: self.n_steps])
 
+    @staticmethod
+    def _envelope_layer(
+        conditioner: Conditioner, offset: float, taps: int, features: FeatureConfig | None
+    ) -> EnvelopeScale | SpectralEnvelope:
+        if not taps:
+            return EnvelopeScale(conditioner.envelope_channel, offset)
+        return SpectralEnvelope(features, taps)  # its packed mel is cond channel 0
+
     @property
-    def envelope(self) -> EnvelopeScale | None:
-        """The mel-adaptive output scale (None: built without `envelope`)."""
+    def envelope(self) -> EnvelopeScale | SpectralEnvelope | None:
+        """The mel-adaptive output layer (None: built without `envelope`)."""
         return None if len(self.flow.flows) == self.n_steps else self.flow.flows[-1]
 
     @property
     def receptive_field(self) -> int:
-        """Noise samples z_{t-R+1} .. z_t that x_t depends on."""
-        return 1 + sum(flow.receptive_field for flow in self.steps)
+        """Noise samples z_{t-R+1} .. z_t that x_t depends on (the output filter's taps too)."""
+        return max(self.envelope_taps, 1) + sum(flow.receptive_field for flow in self.steps)
 
     def forward_with_stats(self, z: Tensor, cond: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x = f(z) with its per-sample location and log-scale, in one parallel pass.
@@ -296,10 +329,7 @@ class IAFStudent(FlowModel):
             loc = loc * scale + mu
             log_scale = log_scale + step_log_scale
         if self.envelope is not None:
-            envelope_log_scale = self.envelope.log_scale(cond)
-            scale = torch.exp(envelope_log_scale)
-            x, loc = x * scale, loc * scale
-            log_scale = log_scale + envelope_log_scale
+            x, loc, log_scale = self.envelope.location_scale(x, loc, log_scale, cond)
         return x, loc, log_scale
 
     def rsample_with_stats(

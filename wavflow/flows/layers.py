@@ -184,6 +184,15 @@ class EnvelopeScale(Flow):
     def inverse(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._scale(x, -self.log_scale(cond))
 
+    def location_scale(
+        self, x: Tensor, loc: Tensor, log_scale: Tensor, cond: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """This layer applied to a location-scale sample x = loc + exp(log_scale) z (each
+        (B, 1, T)): the new x, loc and log_scale (`IAFStudent.forward_with_stats`)."""
+        envelope_log_scale = self.log_scale(cond)
+        scale = torch.exp(envelope_log_scale)
+        return x * scale, loc * scale, log_scale + envelope_log_scale
+
 
 class HarmonicShift(Flow):
     """x = z + sum_k a_k e_k on folded audio: the F0 excitation, weighted from the mel, added.

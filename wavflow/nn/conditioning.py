@@ -109,6 +109,28 @@ def interpolate_frames(values: Tensor, hop_length: int) -> Tensor:
     return values[:, low] * (1 - weight) + values[:, high] * weight
 
 
+def packed_channels(n_mels: int, hop_length: int) -> int:
+    """Audio-rate channels `pack_mels` needs: ceil(n_mels / hop)."""
+    return -(-n_mels // hop_length)
+
+
+def pack_mels(feats: Tensor, hop_length: int) -> Tensor:
+    """(B, n_mels, F) mels -> (B, P, F * hop), P = `packed_channels`: frame j's bands laid
+    along samples j hop .. (j + 1) hop - 1 of channel 0, then channel 1, ... (zero-padded)."""
+    batch, n_mels, frames = feats.shape
+    channels = packed_channels(n_mels, hop_length)
+    packed = nn.functional.pad(feats.transpose(1, 2), (0, channels * hop_length - n_mels))
+    packed = packed.reshape(batch, frames, channels, hop_length).transpose(1, 2)
+    return packed.reshape(batch, channels, frames * hop_length)
+
+
+def unpack_mels(packed: Tensor, n_mels: int, hop_length: int) -> Tensor:
+    """The inverse of `pack_mels`: (B, P, F * hop) -> (B, n_mels, F)."""
+    batch, channels, length = packed.shape
+    frames = packed.reshape(batch, channels, length // hop_length, hop_length).transpose(1, 2)
+    return frames.reshape(batch, length // hop_length, -1)[..., :n_mels].transpose(1, 2)
+
+
 def excitation_phase(f0: Tensor, hop_length: int, sample_rate: int) -> Tensor:
     """phi_t = 2 pi sum_{s<=t} f0_s / sr for frame-rate F0 (B, F): (B, F * hop) float64."""
     f0_audio, _ = f0_at_audio_rate(f0, hop_length)
@@ -300,6 +322,9 @@ class Conditioner(ConditionerBase):
         sample_rate: audio rate in Hz (needed for the excitation).
         envelope: also give the mel's log level (`log_envelope`, one channel before the
             excitation), for models that scale their output by it (`envelope(cond)`).
+        packed_mel: also give the mel frames themselves (`pack_mels`, the first channels), for
+            a layer that filters by the mel's spectral envelope (`SpectralEnvelope`); the
+            networks that read `cond` skip it (`leading_channels`).
     """
 
     def __init__(
@@ -311,6 +336,7 @@ class Conditioner(ConditionerBase):
         n_harmonics: int = 0,
         sample_rate: int = 22050,
         envelope: bool = False,
+        packed_mel: bool = False,
     ) -> None:
         super().__init__()
         self.upsampler = MelUpsampler(hop_length)
@@ -319,8 +345,14 @@ class Conditioner(ConditionerBase):
         )
         # Index of the log-envelope channel in `cond`, counted from the end (None: no envelope).
         self.envelope_channel = -1 - self.excitation_channels if envelope else None
+        # Channels at the front of `cond` that only the output filter reads.
+        self.leading_channels = packed_channels(n_mels, hop_length) if packed_mel else 0
         self.out_channels = (
-            n_mels + self.speaker_channels + int(envelope) + self.excitation_channels
+            self.leading_channels
+            + n_mels
+            + self.speaker_channels
+            + int(envelope)
+            + self.excitation_channels
         )
         # Future audio samples one output reads: a frame spans one hop and the upsampler's
         # smoothing reaches sum_i s_i prod_{j>i} s_j < 2 hops (factors <= 16); the linear
@@ -339,7 +371,8 @@ class Conditioner(ConditionerBase):
         `phase` (B, F * hop): the excitation's phase when this is a chunk of a longer input.
         """
         mel = self.upsampler(feats)
-        parts = [mel, *self.speaker_part(speaker, mel.shape[-1])]
+        packed = [pack_mels(feats, self.hop_length)] if self.leading_channels else []
+        parts = [*packed, mel, *self.speaker_part(speaker, mel.shape[-1])]
         if self.has_envelope:
             parts.append(log_envelope(feats, self.hop_length)[:, None])
         if self.n_harmonics:
