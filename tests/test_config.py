@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from wavflow.config import RecipeError, dumps_toml, load_recipe, recipe_from_dict, to_dict
+from wavflow.config import (
+    RecipeError,
+    dumps_toml,
+    load_recipe,
+    recipe_from_dict,
+    student_recipe,
+    to_dict,
+)
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.toml"))
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny_teacher.toml"
@@ -212,3 +219,34 @@ def test_a_loss_left_out_of_the_weights_is_not_computed(tmp_path):
         computed[name] = set(loss(batch))
     assert "stft" in computed["default"] and "stft" not in computed["kl"]
     assert "kl" in computed["kl"]
+
+
+def test_distill_settings_of_one_student_kind_replace_the_sections(tmp_path) -> None:
+    path = tmp_path / "recipe.toml"
+    path.write_text(
+        "[distill]\nteacher_log_scale_min = -9.0\n[distill.weights]\nkl = 1.0\nstft = 1.0\n"
+        "[distill.students.squeezewave]\nteacher_log_scale_min = -7.0\n"
+        "[distill.students.squeezewave.weights]\nkl = 0.01\nmel = 1.0\n"
+    )
+    recipe = load_recipe(path)
+    squeezewave = student_recipe(recipe, "squeezewave").distill
+    assert squeezewave.teacher_log_scale_min == -7.0
+    assert squeezewave.weights == {"kl": 0.01, "mel": 1.0}  # the table replaces, no stft
+    assert student_recipe(student_recipe(recipe, "squeezewave"), "squeezewave").distill == (
+        squeezewave
+    )  # applying it again (on resume) changes nothing
+    iaf = student_recipe(recipe, "iaf").distill
+    assert iaf.teacher_log_scale_min == -9.0 and iaf.weights == {"kl": 1.0, "stft": 1.0}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("distill.students.wavenet.kl_samples=2", "named by a student kind"),
+        ("distill.students.iaf.kl_sample=2", "unknown recipe key 'distill.students.iaf.kl_sample'"),
+        ("distill.students.iaf.kl_samples='two'", "'distill.students.iaf.kl_samples' must be int"),
+    ],
+)
+def test_per_student_distill_settings_are_checked(override, message) -> None:
+    with pytest.raises(RecipeError, match=message):
+        student_recipe(load_recipe(None, [override]), "iaf")

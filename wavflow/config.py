@@ -240,6 +240,9 @@ class TeacherConfig:
         )
 
 
+STUDENT_KINDS = ("iaf", "waveglow", "flowavenet", "squeezewave")
+
+
 @dataclass(frozen=True)
 class StudentConfig:
     """Parallel students (`[student]`): `kind` picks one; `[student.<kind>]` holds its sizes.
@@ -339,6 +342,9 @@ class DistillConfig:
             explode where the teacher is sure of a sample and the student is not; a higher
             floor here bounds those terms without changing the teacher.
         stft_resolutions: [n_fft, hop, win] of each multi-resolution STFT loss term.
+        students: settings of this section that differ for one student kind, e.g.
+            `[distill.students.squeezewave]` with `teacher_log_scale_min = -7.0` and its own
+            `weights` table (which replaces the section's whole); applied by `for_student`.
     """
 
     weights: dict[str, float] = field(default_factory=lambda: {"kl": 1.0, "stft": 1.0})
@@ -350,11 +356,32 @@ class DistillConfig:
     stft_resolutions: list[list[int]] = field(
         default_factory=lambda: [[1024, 256, 1024], [2048, 512, 2048], [512, 128, 512]]
     )
+    students: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_student(self, kind: str) -> DistillConfig:
+        """These settings with `students[kind]`'s in their place (checked like the section).
+
+        Raises:
+            RecipeError: naming the key of `[distill.students.<kind>]` that is not a setting
+                of `[distill]` or has the wrong type.
+        """
+        overrides = self.students.get(kind, {})
+        if not overrides:
+            return self
+        where = f"distill.students.{kind}"
+        if "students" in overrides:
+            raise RecipeError(f"'{where}.students': per-student settings do not nest")
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return from_dict(DistillConfig, base | overrides, where)
 
     def __post_init__(self) -> None:
         _require(
             "distill",
             [
+                (
+                    set(self.students) <= set(STUDENT_KINDS),
+                    f"students: tables are named by a student kind, one of {STUDENT_KINDS}",
+                ),
                 (
                     self.kl_estimator in KL_ESTIMATORS,
                     f"kl_estimator must be one of {KL_ESTIMATORS}",
@@ -390,12 +417,14 @@ class Recipe:
 
 
 def student_recipe(recipe: Recipe, kind: str | None = None) -> Recipe:
-    """The recipe a student trains with: `[student] kind` set to `kind` (when given) and
-    `train.steps` replaced by `train.student_steps` (when set)."""
+    """The recipe a student trains with: `[student] kind` set to `kind` (when given),
+    `train.steps` replaced by `train.student_steps` (when set) and `[distill]` with that
+    kind's `[distill.students.<kind>]` applied."""
     student = dataclasses.replace(recipe.student, kind=kind or recipe.student.kind)
     steps = recipe.train.student_steps or recipe.train.steps
     train = dataclasses.replace(recipe.train, steps=steps)
-    return dataclasses.replace(recipe, student=student, train=train)
+    distill = recipe.distill.for_student(student.kind)
+    return dataclasses.replace(recipe, student=student, train=train, distill=distill)
 
 
 def _require(section: str, checks: list[tuple[bool, str]]) -> None:
