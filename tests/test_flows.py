@@ -261,6 +261,22 @@ STUDENT_CASES = [
         reads_cond=True,
         n_speakers=2,
     ),
+    Case(  # the unfolded output filtered by the mel's spectral envelope
+        "student_squeezewave_spectral_envelope",
+        lambda: SqueezeWave(
+            N_MELS,
+            HOP,
+            n_flows=2,
+            fold=2,
+            n_layers=1,
+            channels=4,
+            early_channels=0,
+            envelope=True,
+            envelope_taps=8,
+            features=FEATURES,
+        ),
+        reads_cond=True,
+    ),
     Case(  # fold = hop: one frame per step; an early output after every flow
         "student_squeezewave_fold_hop",
         lambda: SqueezeWave(

@@ -160,7 +160,8 @@ def coupling_reach(model: nn.Module, features: FeatureConfig) -> int:
     """Audio samples on either side of a sample that a coupling student's output there reads
     of its noise and `cond`: an upper bound, sum_c (K_c - 1) d_c / 2 * S_c over its convs c
     (K taps, dilation d, S audio samples per time step where the conv runs), plus the fold
-    (`time_multiple`: a sample's group of folded steps).
+    (`time_multiple`: a sample's group of folded steps) and the reach of an output filter
+    (`output_filter_reach`).
 
     A conv's S is found by running a copy of the flow once on a short input and recording the
     length of time each flow layer sees, so every fold (`Squeeze`, nested blocks) is counted as
@@ -184,7 +185,7 @@ def coupling_reach(model: nn.Module, features: FeatureConfig) -> int:
         f0 = parameter.new_full((1, frames), 100.0) if model.capabilities.takes_pitch else None
         cond = model.condition(feats, None, f0)
         flow(cond.new_zeros(1, 1, multiple), cond)
-    reach = model.capabilities.time_multiple
+    reach = model.capabilities.time_multiple + model.output_filter_reach
     for name, module in flow.named_modules():
         if isinstance(module, nn.Conv1d) and module.kernel_size[0] > 1:
             owner = max((n for n in lengths if _within(name, n)), key=len)

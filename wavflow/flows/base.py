@@ -229,6 +229,9 @@ class FlowModel(nn.Module):
     location_scale: ClassVar[bool] = False  # offers `rsample_with_stats`
     takes_features: ClassVar[bool] = False  # its constructor takes the mel settings
     receptive_field: int | None = None
+    # Audio samples either side that a layer without convs reads (an output filter), for
+    # `coupling_reach`; the flow's convs it finds itself.
+    output_filter_reach: int = 0
 
     def __init__(
         self,

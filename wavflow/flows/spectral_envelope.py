@@ -129,6 +129,9 @@ class SpectralEnvelope(Flow):
         taps: length of each frame's impulse response (<= n_fft).
         packed_channel: the first `cond` channel holding `pack_mels` of the mel.
         init_log_gain: log g at initialisation.
+        steps_per_frame: 0 for an audio-rate `cond` with the packed mel; r > 0 for a `cond`
+            at r steps per frame whose first n_mels channels are the mel frames repeated
+            (SqueezeWave's `FrameRateConditioner`, fold <= hop).
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class SpectralEnvelope(Flow):
         taps: int,
         packed_channel: int = 0,
         init_log_gain: float = 0.0,
+        steps_per_frame: int = 0,
     ) -> None:
         super().__init__()
         if not 1 <= taps <= features.n_fft:
@@ -147,6 +151,7 @@ class SpectralEnvelope(Flow):
         self.n_fft, self.taps, self.hop = features.n_fft, taps, features.hop_length
         self.n_mels, self.packed_channel = features.n_mels, packed_channel
         self.packed_channels = packed_channels(features.n_mels, features.hop_length)
+        self.steps_per_frame = steps_per_frame
         self.fft_size = 1 << (2 * self.hop + taps - 2).bit_length()  # >= a frame's segment
         self.register_buffer("interpolation", torch.tensor(weights, dtype=torch.float32))
         self.register_buffer("band_gain", torch.tensor(band_gain, dtype=torch.float32))
@@ -156,13 +161,19 @@ class SpectralEnvelope(Flow):
 
     def filters(self, cond: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """(B, C, F * hop) cond -> (B, F, taps) impulse responses in `dtype`, gain g included."""
-        first = self.packed_channel % cond.shape[1]
-        packed = cond[:, first : first + self.packed_channels].to(dtype)
-        mels = unpack_mels(packed, self.n_mels, self.hop)
+        mels = self._mels(cond).to(dtype)
         levels = mels - self.band_gain.to(dtype)[:, None]  # (B, n_mels, F)
         log_magnitude = torch.einsum("fb,nbj->njf", self.interpolation.to(dtype), levels)
         responses = minimum_phase(log_magnitude + self.calibration.to(dtype), self.n_fft, self.taps)
         return responses * torch.exp(self.log_gain.to(dtype))
+
+    def _mels(self, cond: Tensor) -> Tensor:
+        """The mel frames (B, n_mels, F) that `cond` carries."""
+        if self.steps_per_frame:
+            return cond[:, : self.n_mels, :: self.steps_per_frame]
+        first = self.packed_channel % cond.shape[1]
+        packed = cond[:, first : first + self.packed_channels]
+        return unpack_mels(packed, self.n_mels, self.hop)
 
     def filter_with_log_tap(self, y: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         """y (B, 1, T) -> x (B, 1, T) and log a_t (B, 1, T), the log coefficient of y_t in x_t;

@@ -31,6 +31,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from wavflow.config import FeatureConfig
 from wavflow.flows.base import Flow, FlowModel, Inverse, SequentialFlow, StandardGaussian
 from wavflow.flows.layers import (
     LOG_SCALE_BOUND,
@@ -43,6 +44,7 @@ from wavflow.flows.layers import (
     Squeeze,
     fold,
 )
+from wavflow.flows.spectral_envelope import SpectralEnvelope
 from wavflow.nn.conditioning import ConditionerBase, log_envelope
 from wavflow.nn.conv import ZeroConv1d, add_weight_norm
 
@@ -306,10 +308,17 @@ class SqueezeWave(FlowModel):
         envelope: scale the folded output by the level the mel gives (`EnvelopeScale`, a
             mel-adaptive prior; before the `HarmonicShift`), so silences start quiet.
         envelope_offset: the envelope's offset at initialisation.
+        envelope_taps: with `envelope`, filter the unfolded output by the mel's spectral
+            envelope instead of scaling it by its level (`SpectralEnvelope`, this many taps
+            per frame; after the `HarmonicShift`, so the excitation is shaped too); needs
+            fold <= hop. 0: the level only.
+        features: the mel settings (needed for `envelope_taps`).
 
     References:
         Zhai et al., "SqueezeWave", arXiv:2001.05685.
     """
+
+    takes_features: ClassVar[bool] = True  # for the spectral envelope (`envelope_taps`)
 
     PRESETS: ClassVar[dict[str, dict]] = {
         # tianrengao/SqueezeWave configs/config_a{fold}_c{channels}.json; "squeezewave" is
@@ -363,7 +372,13 @@ class SqueezeWave(FlowModel):
         sample_rate: int = 22050,
         envelope: bool = False,
         envelope_offset: float = -2.7,
+        envelope_taps: int = 0,
+        features: FeatureConfig | None = None,
     ) -> None:
+        if envelope_taps and not (envelope and features is not None and fold <= hop_length):
+            raise ValueError(
+                "envelope_taps needs envelope = true, the feature settings and fold <= hop"
+            )
         if early_every < 1:
             raise ValueError(f"early_every must be >= 1, got {early_every}")
         last_channels = fold - early_channels * ((n_flows - 1) // early_every)
@@ -407,16 +422,22 @@ class SqueezeWave(FlowModel):
                 layers = [FactorOut(SequentialFlow(layers), early_channels, factored_first=True)]
         # z (B, 1, T) -> (B, fold, T // fold) -> flows -> x (B, 1, T); cond is already at
         # T // fold steps, so the folds leave it alone.
-        if envelope:  # the level channel ends the frame features
+        if envelope and not envelope_taps:  # the level channel ends the frame features
             layers.append(EnvelopeScale(frame_channels - 1, envelope_offset))
         if n_harmonics:
             layers.append(HarmonicShift(fold, frame_channels, 2 * n_harmonics))
+        output_filter = (
+            [SpectralEnvelope(features, envelope_taps, steps_per_frame=conditioner.repeats)]
+            if envelope_taps
+            else []
+        )
         output_scale = [OutputScale(init_log_scale)] if init_log_scale else []
         flow = SequentialFlow(
             [
                 Squeeze(fold, fold_cond=False),
                 *layers,
                 Inverse(Squeeze(fold, fold_cond=False)),
+                *output_filter,
                 *output_scale,
             ]
         )
@@ -427,4 +448,7 @@ class SqueezeWave(FlowModel):
             time_multiple=fold,
             samples_per_cond_step=fold,
         )
+        # The output filter reads envelope_taps - 1 samples back and half a hop ahead (its
+        # crossfade), which no conv of the flow shows to `coupling_reach`.
+        self.output_filter_reach = max(envelope_taps - 1, hop_length // 2) if envelope_taps else 0
         add_weight_norm(self.flow)
