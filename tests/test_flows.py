@@ -54,8 +54,17 @@ BATCH = 2
 N_MELS, HOP, FRAMES = 3, 4, 4  # students: T = FRAMES * HOP = 16
 COND_CHANNELS = 3  # layers' cond
 # Mel settings of the spectral envelope's cases: N_MELS bands packed into hops of HOP samples.
+# Unnormalised bands, so that the random log-mels of the cases (about 0) give samples of about
+# 1 (slaney bands of a 16-point FFT would amplify them to 1e3, where float32 rounds at 1e-4).
 FEATURES = FeatureConfig(
-    sample_rate=16000, n_fft=16, hop_length=HOP, win_length=16, n_mels=N_MELS, fmin=0.0, fmax=8000.0
+    sample_rate=16000,
+    n_fft=16,
+    hop_length=HOP,
+    win_length=16,
+    n_mels=N_MELS,
+    fmin=0.0,
+    fmax=8000.0,
+    mel_norm="none",
 )
 
 

@@ -211,18 +211,21 @@ class SpectralEnvelope(Flow):
         return x, log_tap.sum(dim=(1, 2))
 
     def inverse(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        dtype = at_least_float32(x.dtype)
-        responses = self.filters(_required(cond), dtype)
+        y, logdet = full_precision(self._unfilter, x, _required(cond))
+        return y.to(x.dtype), logdet.to(x.dtype)
+
+    def _unfilter(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """The sequential inverse (see class) and its log-det, in at least float32."""
+        signal = x[:, 0].to(at_least_float32(x.dtype))
+        responses = self.filters(cond, signal.dtype)
         taps = self._taps_per_sample(responses)  # (B, T, L)
-        signal = x[:, 0].to(dtype)
         y = torch.zeros_like(signal)
         for t in range(signal.shape[-1]):
             past = min(t, self.taps - 1)
             history = y[:, t - past : t].flip(-1)  # y_{t-1} .. y_{t-past}
             echo = (taps[:, t, 1 : past + 1] * history).sum(-1)
             y[:, t] = (signal[:, t] - echo) / taps[:, t, 0]
-        logdet = -self._leading_log_tap(responses).sum(dim=(1, 2))
-        return y[:, None].to(x.dtype), logdet.to(x.dtype)
+        return y[:, None], -self._leading_log_tap(responses).sum(dim=(1, 2))
 
     def _leading_log_tap(self, responses: Tensor) -> Tensor:
         """(B, F, L) -> log a_t (B, 1, F * hop); h_j[0] > 0 for a minimum-phase response."""
