@@ -47,7 +47,8 @@ def minimum_phase(log_magnitude: Tensor, n_fft: int, taps: int) -> Tensor:
 
     Folds the real cepstrum onto positive quefrencies (c_0, 2 c_1, ..., c_{N/2}), which keeps
     |H| and makes the phase minimum; the response is then causal and starts with h[0] =
-    exp(c_0) > 0, its energy packed as early as any filter of that magnitude allows.
+    exp(c_0) > 0 (set so, should a coarse FFT alias the cepstrum), its energy packed as early
+    as any filter of that magnitude allows.
 
     Args:
         log_magnitude: (..., n_fft // 2 + 1) natural-log magnitudes on the rfft bins.
@@ -67,7 +68,10 @@ def minimum_phase(log_magnitude: Tensor, n_fft: int, taps: int) -> Tensor:
     # exp of a complex tensor written out in real parts, which ONNX export can translate.
     magnitude, phase = torch.exp(log_spectrum[..., 0]), log_spectrum[..., 1]
     spectrum = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-    return torch.fft.irfft(spectrum, n=n_fft)[..., :taps]
+    response = torch.fft.irfft(spectrum, n=n_fft)[..., :taps]
+    # h[0] = exp(c_0) exactly, as it is unless a coarse FFT aliases the cepstrum: the leading
+    # tap must stay positive, since the flow's log-det is the sum of its logs.
+    return torch.cat([torch.exp(cepstrum[..., :1]), response[..., 1:]], dim=-1)
 
 
 def _band_interpolation(features: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
