@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from wavflow.checkpoint import build_teacher, checkpoint_state, load_model, save_checkpoint
+from wavflow.checkpoint import (
+    build_student,
+    build_teacher,
+    checkpoint_state,
+    load_model,
+    save_checkpoint,
+)
 from wavflow.config import RecipeError, load_recipe
 from wavflow.objectives import likelihood_objective
 from wavflow.training import train
@@ -48,3 +54,22 @@ def test_resume_with_other_conditioning_is_refused(prepared_dir, tmp_path):
     )
     with pytest.raises(RecipeError, match=r"conditioning\.speakers is False in the run but True"):
         train(objective(other), other, prepared_dir, tmp_path / "run", resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["student.iaf.flow_layers=[5]", "student.iaf.layers_per_cycle=2"], r"\[student.iaf\].*"),
+        (['student.kind="waveglow"', "student.waveglow.early_every=0"], r"\[student.waveglow\]"),
+        (['student.kind="flowavenet"', "student.flowavenet.blocks_per_split=0"], "flowavenet"),
+        (['student.kind="iaf"', "student.iaf.channels='wide'"], r"\[student.iaf\]"),
+    ],
+)
+def test_student_sizes_that_make_no_model_are_recipe_errors(overrides, message) -> None:
+    with pytest.raises(RecipeError, match=message):
+        build_student(load_recipe(None, overrides))
+
+
+def test_teacher_sizes_that_make_no_model_are_recipe_errors() -> None:
+    with pytest.raises(RecipeError, match=r"\[teacher\]"):
+        build_teacher(load_recipe(None, ["teacher.gate_channels=7"]))

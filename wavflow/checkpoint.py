@@ -10,9 +10,11 @@ A checkpoint is a dict of tensors and plain data only, loaded with `torch.load(w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from wavflow.audio import check_features_match
-from wavflow.config import FeatureConfig, Recipe, recipe_from_dict, to_dict
+from wavflow.config import FeatureConfig, Recipe, RecipeError, recipe_from_dict, to_dict
 from wavflow.nn.conv import add_weight_norm, remove_weight_norm
 from wavflow.teacher import WaveNet
 
@@ -32,30 +34,50 @@ class CheckpointError(ValueError):
 
 
 def build_teacher(recipe: Recipe, n_speakers: int = 0) -> WaveNet:
-    """A new weight-normalised teacher from `[teacher]`, `[conditioning]` and the mel settings."""
-    model = WaveNet(
-        recipe.features.n_mels,
-        recipe.features.hop_length,
-        n_speakers=n_speakers,
-        **dataclasses.asdict(recipe.teacher) | pitch_arguments(recipe),
-    )
+    """A new weight-normalised teacher from `[teacher]`, `[conditioning]` and the mel settings.
+
+    Raises:
+        RecipeError: the sizes do not make a model (the message names `[teacher]`).
+    """
+    with _sizes_of("teacher"):
+        model = WaveNet(
+            recipe.features.n_mels,
+            recipe.features.hop_length,
+            n_speakers=n_speakers,
+            **dataclasses.asdict(recipe.teacher) | pitch_arguments(recipe),
+        )
     return add_weight_norm(model)
 
 
 def build_student(recipe: Recipe, n_speakers: int = 0, kind: str | None = None) -> nn.Module:
     """A new student of `kind` (default `[student] kind`) from its `[student.<kind>]` sizes and
-    `[conditioning]`."""
+    `[conditioning]`.
+
+    Raises:
+        RecipeError: the sizes do not make a model (the message names `[student.<kind>]`).
+    """
     from wavflow.flows import build_student as build_flow_student
 
     kind = kind or recipe.student.kind
-    return build_flow_student(
-        kind,
-        recipe.features.n_mels,
-        recipe.features.hop_length,
-        n_speakers=n_speakers,
-        features=recipe.features,
-        **recipe.student.sizes(kind) | pitch_arguments(recipe),
-    )
+    with _sizes_of(f"student.{kind}"):
+        return build_flow_student(
+            kind,
+            recipe.features.n_mels,
+            recipe.features.hop_length,
+            n_speakers=n_speakers,
+            features=recipe.features,
+            **recipe.student.sizes(kind) | pitch_arguments(recipe),
+        )
+
+
+@contextlib.contextmanager
+def _sizes_of(section: str) -> Iterator[None]:
+    """Turns a model constructor's refusal of its sizes (ValueError, or TypeError for a value
+    of the wrong kind) into a RecipeError naming the recipe section they came from."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"[{section}] {error}") from error
 
 
 def pitch_arguments(recipe: Recipe) -> dict[str, int]:

@@ -98,6 +98,8 @@ class FloWaveNet(FlowModel):
         n_harmonics: int = 0,
         sample_rate: int = 22050,
     ) -> None:
+        if blocks_per_split < 1:
+            raise ValueError(f"blocks_per_split must be >= 1, got {blocks_per_split}")
         conditioner = Conditioner(
             n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate
         )

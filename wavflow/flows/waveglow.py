@@ -97,6 +97,8 @@ class WaveGlow(FlowModel):
         n_harmonics: int = 0,
         sample_rate: int = 22050,
     ) -> None:
+        if early_every < 1:
+            raise ValueError(f"early_every must be >= 1, got {early_every}")
         last_channels = group - early_channels * ((n_flows - 1) // early_every)
         if last_channels < 2:
             raise ValueError(
