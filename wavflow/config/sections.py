@@ -1,30 +1,13 @@
-"""Recipes: one frozen dataclass per TOML section, strict loading, `--set` overrides, TOML output.
-
-A recipe file has the sections `[features]`, `[data]`, `[conditioning]`, `[teacher]`,
-`[student]`, `[train]` and `[distill]`; every key is optional (the dataclass default applies),
-unknown keys and wrong types are errors naming `section.key`. Recipes and checkpoints written
-before a key moved still load (`_migrate`), with a warning naming the key's new place.
-"""
+"""The recipe's sections: one frozen dataclass per TOML table, each checking its own values."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
-import types
-import typing
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-
-class RecipeError(ValueError):
-    """A recipe or override that cannot be used; the message names the key."""
-
-
-class OptionError(ValueError):
-    """A command's option or argument that cannot work; the message names it."""
+from wavflow.config.tables import RecipeError, from_dict, require
 
 
 @dataclass(frozen=True)
@@ -81,7 +64,7 @@ class FeatureConfig:
             object.__setattr__(self, name, float(value if given is None else given))
         for name in ("mel_mean", "mel_std"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
-        _require(
+        require(
             "features",
             [
                 (self.sample_rate >= 8000, "sample_rate must be at least 8000 Hz"),
@@ -146,7 +129,7 @@ class DataConfig:
     f0_max: float = 500.0
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             "data",
             [
                 (self.segment_length > 0, "segment_length must be positive"),
@@ -183,7 +166,7 @@ class ConditioningConfig:
         return self.n_harmonics if self.pitch == "harmonic" else 0
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             "conditioning",
             [
                 (self.pitch in ("none", "harmonic"), "pitch must be 'none' or 'harmonic'"),
@@ -229,7 +212,7 @@ class TeacherConfig:
     align_phase: bool = False
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             "teacher",
             [
                 (self.output in ("gaussian", "mol"), "output must be 'gaussian' or 'mol'"),
@@ -308,7 +291,7 @@ class TrainConfig:
     student_steps: int = 0
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             "train",
             [
                 (self.steps > 0 and self.batch_size > 0, "steps and batch_size must be positive"),
@@ -321,6 +304,7 @@ class TrainConfig:
 
 
 KL_ESTIMATORS = ("auto", "closed_form", "per_step", "sample")
+
 LOSS_NAMES = ("kl", "stft", "mel", "power", "contrastive", "log_scale")
 
 
@@ -375,7 +359,7 @@ class DistillConfig:
         return from_dict(DistillConfig, base | overrides, where)
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             "distill",
             [
                 (
@@ -425,190 +409,3 @@ def student_recipe(recipe: Recipe, kind: str | None = None) -> Recipe:
     train = dataclasses.replace(recipe.train, steps=steps)
     distill = recipe.distill.for_student(student.kind)
     return dataclasses.replace(recipe, student=student, train=train, distill=distill)
-
-
-def _require(section: str, checks: list[tuple[bool, str]]) -> None:
-    for ok, message in checks:
-        if not ok:
-            raise RecipeError(f"[{section}] {message}")
-
-
-def differing_key(old: Any, new: Any) -> str | None:
-    """The first compared field in which two configs of one section differ (None: equal)."""
-    for f in dataclasses.fields(old):
-        if f.compare and getattr(old, f.name) != getattr(new, f.name):
-            return f.name
-    return None
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass `cls` from a TOML table, checking keys and types recursively. A table
-    given for a table-valued key (such as `[distill.weights]`) replaces its default whole.
-
-    Raises:
-        RecipeError: naming the dotted key of an unknown key or a value of the wrong type.
-    """
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where or 'recipe'}: expected a table, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise RecipeError(f"unknown recipe key '{key}' (known: {', '.join(sorted(names))})")
-    values = {
-        name: _coerce(hints[name], value, f"{where}.{name}" if where else name)
-        for name, value in data.items()
-    }
-    try:
-        return cls(**values)
-    except TypeError as error:
-        raise RecipeError(f"{where or 'recipe'}: {error}") from error
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """Check `value` against the annotation `hint`; ints are accepted for floats."""
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, key)
-    origin = typing.get_origin(hint)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"'{key}' must be a table, got {value!r}")
-        _, value_type = typing.get_args(hint)
-        if value_type is not Any:
-            return {k: _coerce(value_type, v, f"{key}.{k}") for k, v in value.items()}
-        return dict(value)
-    if origin in (list, tuple, types.UnionType):
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and (
-        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
-    ):
-        raise RecipeError(f"'{key}' must be {hint.__name__}, got {value!r}")
-    return value
-
-
-def to_dict(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as nested plain dicts (for checkpoints and `recipe.toml`)."""
-    return dataclasses.asdict(recipe)
-
-
-def load_recipe(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-) -> Recipe:
-    """Read a TOML recipe (None: all defaults) and apply `section.key=value` overrides.
-
-    An override edits the recipe as it resolves: `distill.weights.kl=2` changes the kl weight of
-    the file's `[distill.weights]`, or of the default weights when the file has none.
-
-    Raises:
-        RecipeError: for a missing or malformed file, unknown keys, wrong types, bad overrides.
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError as error:
-            raise RecipeError(f"recipe file not found: {path}") from error
-        except tomllib.TOMLDecodeError as error:
-            raise RecipeError(f"{path}: invalid TOML ({error})") from error
-    _fill_default_tables(Recipe, data)
-    for override in overrides:
-        apply_override(data, override)
-    return from_dict(Recipe, _migrate(data))
-
-
-def recipe_from_dict(data: dict[str, Any]) -> Recipe:
-    """Rebuild a `Recipe` from `to_dict` output (e.g. a checkpoint's config, of any version)."""
-    return from_dict(Recipe, _migrate(data))
-
-
-def _fill_default_tables(cls: type, data: dict[str, Any]) -> None:
-    """Give `data` (a TOML table of dataclass `cls`) the default of every table-valued key it
-    lacks, recursively, so that an override of one entry keeps the others."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            if isinstance(section := data.setdefault(f.name, {}), dict):
-                _fill_default_tables(hints[f.name], section)
-        elif typing.get_origin(hints[f.name]) is dict:
-            data.setdefault(f.name, f.default_factory())
-
-
-# Keys that moved, (old section, key) -> new section; and removed keys, with the reason.
-MOVED_KEYS = {("data", key): "conditioning" for key in ("speakers", "pitch", "n_harmonics")}
-REMOVED_KEYS = {("teacher", "n_speakers"): "the speakers come from the data"}
-
-
-def _migrate(data: dict[str, Any]) -> dict[str, Any]:
-    """A recipe table of an older layout (a file, or a checkpoint's config) in today's, with a
-    one-line warning per moved or removed key; `data` itself is left as it was.
-
-    Raises:
-        RecipeError: a moved key is set in both its old and its new section.
-    """
-    data = {name: dict(table) if isinstance(table, dict) else table for name, table in data.items()}
-    for (old, key), new in MOVED_KEYS.items():
-        source, target = data.get(old), data.setdefault(new, {})
-        if not (isinstance(source, dict) and isinstance(target, dict) and key in source):
-            continue
-        if key in target:
-            raise RecipeError(f"'{old}.{key}' and '{new}.{key}' are both set: keep '{new}.{key}'")
-        warnings.warn(f"recipe key '{old}.{key}' has moved to [{new}]", FutureWarning, stacklevel=3)
-        target[key] = source.pop(key)
-    for (section, key), reason in REMOVED_KEYS.items():
-        if isinstance(table := data.get(section), dict) and table.pop(key, None) is not None:
-            message = f"recipe key '{section}.{key}' is ignored: {reason}"
-            warnings.warn(message, FutureWarning, stacklevel=3)
-    return data
-
-
-def apply_override(data: dict[str, Any], override: str) -> None:
-    """Set `a.b.c=value` in nested `data`; the value is parsed as TOML, else taken as a string."""
-    if "=" not in override:
-        raise RecipeError(f"override '{override}' must look like section.key=value")
-    dotted, raw = override.split("=", 1)
-    keys = dotted.strip().split(".")
-    if len(keys) < 2 or not all(keys):
-        raise RecipeError(f"override '{override}': the key must be section.key")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    table = data
-    for key in keys[:-1]:
-        table = table.setdefault(key, {})
-        if not isinstance(table, dict):
-            raise RecipeError(f"override '{override}': '{key}' is not a table")
-    table[keys[-1]] = value
-
-
-def dumps_toml(data: dict[str, Any]) -> str:
-    """Serialise nested dicts of str/int/float/bool/lists to TOML (enough for recipes)."""
-    lines: list[str] = []
-    _write_table(data, [], lines)
-    return "\n".join(lines).strip() + "\n"
-
-
-def _write_table(table: dict[str, Any], prefix: list[str], lines: list[str]) -> None:
-    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
-    if prefix and (scalars or not tables):
-        lines.append(f"\n[{'.'.join(prefix)}]")
-    lines.extend(f"{key} = {_toml_value(value)}" for key, value in scalars.items())
-    for key, sub in tables.items():
-        _write_table(sub, [*prefix, key], lines)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise RecipeError(f"cannot write {value!r} to TOML")
