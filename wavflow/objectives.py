@@ -130,7 +130,7 @@ class LikelihoodLoss(nn.Module):
 
 def f0_predictor_loss(model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
     """{"f0": loss} of the model's F0 predictor when it is conditioned on pitch, else {}."""
-    predictor = getattr(getattr(model, "conditioner", None), "f0_predictor", None)
+    predictor = model.conditioner.f0_predictor  # every model's `ConditionerBase` has one or None
     if predictor is None:
         return {}
     return {"f0": predictor.loss(batch["feats"], batch["f0"])}
@@ -192,8 +192,7 @@ def distillation_objective(
 
 def copy_f0_predictor(teacher: nn.Module, student: nn.Module) -> None:
     """Load the teacher's F0 predictor weights into the student's, when both have one."""
-    source = getattr(teacher.conditioner, "f0_predictor", None)
-    target = getattr(getattr(student, "conditioner", None), "f0_predictor", None)
+    source, target = teacher.conditioner.f0_predictor, student.conditioner.f0_predictor
     if source is not None and target is not None:
         target.load_state_dict(source.state_dict())
 
