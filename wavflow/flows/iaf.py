@@ -277,10 +277,12 @@ class IAFStudent(FlowModel):
             # starts in the hundreds instead of the thousands of nats per sample.
             with torch.no_grad():
                 flows[0].net.head_out.bias[1] = init_log_scale
-        scale = [self._envelope_layer(conditioner, envelope_offset, envelope_taps, features)]
-        super().__init__(
-            SequentialFlow([*flows, *(scale if envelope else [])]), make_base(base), conditioner
+        scale = (
+            [self._envelope_layer(conditioner, envelope_offset, envelope_taps, features)]
+            if envelope
+            else []
         )
+        super().__init__(SequentialFlow([*flows, *scale]), make_base(base), conditioner)
         self.n_steps, self.envelope_taps = len(flows), envelope_taps
         add_weight_norm(self.flow)
 
