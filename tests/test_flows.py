@@ -28,6 +28,7 @@ from wavflow.flows import (
     FlowModel,
     FrameRateConditioner,
     HarmonicShift,
+    HarmonicSource,
     IAFFlow,
     IAFStudent,
     Inverse,
@@ -66,6 +67,10 @@ FEATURES = FeatureConfig(
     fmax=8000.0,
     mel_norm="none",
 )
+# F0 of the pitch-conditioned students' cases, (BATCH, FRAMES) Hz at 16 kHz: periods of 5-8
+# samples, so that their pulses show within T = 16; 0 = unvoiced.
+PITCH = torch.tensor([[2000.0, 0.0, 2500.0, 3200.0], [0.0, 2000.0, 2000.0, 0.0]], dtype=DTYPE)
+PITCH_SIZES = {"n_harmonics": 2, "sample_rate": 16000}
 
 
 @dataclass
@@ -84,6 +89,7 @@ class Case:
     has_identity_init: bool = False
     is_iaf: bool = False
     n_speakers: int = 0
+    pitch: bool = False  # students: conditioned on F0 (`PITCH`)
     cond_channels: int = COND_CHANNELS  # layers' cond
     # Entries of a causal Jacobian's future allowed, relative to its largest: 0 but for an
     # FFT convolution, through which the future enters at round-off (1e-13 in float64).
@@ -120,6 +126,13 @@ LAYER_CASES = [
         lambda: EnvelopeScale(-1, init_offset=0.3),
         z_shape=(2, 8),
         reads_cond=True,
+    ),
+    Case(  # cond channels 1..4 (of 3 + 4) the pulses, 5..8 the voicing, folded 4 per step
+        "harmonic_source",
+        lambda: HarmonicSource(1, 4, init_noise=0.3, init_gain=0.7),
+        z_shape=(4, 8),
+        reads_cond=True,
+        cond_channels=COND_CHANNELS + 2 * 4,
     ),
     Case(  # cond channel 0 read as packed log-mels: a minimum-phase filter per frame
         "spectral_envelope",
@@ -228,6 +241,23 @@ STUDENT_CASES = [
         is_iaf=True,
         causal_round_off=1e-12,
     ),
+    Case(  # pulses at F0 where voiced (harmonic-plus-noise source), then the spectral envelope
+        "student_iaf_harmonic_source",
+        lambda: IAFStudent(
+            N_MELS,
+            HOP,
+            **IAFStudent.PRESETS["tiny"],
+            **PITCH_SIZES,
+            envelope=True,
+            envelope_taps=8,
+            features=FEATURES,
+            harmonic_source=True,
+        ),
+        reads_cond=True,
+        is_iaf=True,
+        pitch=True,
+        causal_round_off=1e-12,
+    ),
     Case(
         "student_waveglow",
         lambda: WaveGlow(N_MELS, HOP, lu=True, **WaveGlow.PRESETS["tiny"]),
@@ -286,6 +316,25 @@ STUDENT_CASES = [
         ),
         reads_cond=True,
     ),
+    Case(  # the folded noise starts as pulses at F0 where voiced, then the spectral envelope
+        "student_squeezewave_harmonic_source",
+        lambda: SqueezeWave(
+            N_MELS,
+            HOP,
+            n_flows=2,
+            fold=2,
+            n_layers=1,
+            channels=4,
+            early_channels=0,
+            **PITCH_SIZES,
+            envelope=True,
+            envelope_taps=8,
+            features=FEATURES,
+            harmonic_source=True,
+        ),
+        reads_cond=True,
+        pitch=True,
+    ),
     Case(  # fold = hop: one frame per step; an early output after every flow
         "student_squeezewave_fold_hop",
         lambda: SqueezeWave(
@@ -319,6 +368,13 @@ class Built:
     cond: Tensor
     feats: Tensor | None = None
     speaker: Tensor | None = None
+    f0: Tensor | None = None
+
+    def condition(self, feats: Tensor | None = None) -> Tensor:
+        """The student's cond of `feats` (default: the built ones) with the built speaker and F0."""
+        feats = self.feats if feats is None else feats
+        f0 = None if self.f0 is None else self.f0.to(feats.dtype)
+        return self.module.condition(feats, self.speaker, f0)
 
 
 def make_inputs(case: Case, seed: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -343,10 +399,11 @@ def build(case: Case, seed: int = 0, perturbed: bool = True, warm: bool = True) 
     if case.is_student:
         assert isinstance(module, FlowModel)
         feats = first
-        with torch.no_grad():
-            cond = module.condition(feats, speaker)
+        f0 = PITCH if case.pitch else None
         z = torch.randn(BATCH, 1, FRAMES * HOP, dtype=DTYPE)
-        built = Built(module, module.flow, z, cond, feats, speaker)
+        built = Built(module, module.flow, z, None, feats, speaker, f0)
+        with torch.no_grad():
+            built.cond = built.condition()
     else:
         built = Built(module, module, first, cond)
     if warm:
@@ -495,7 +552,7 @@ def test_loss_reaches_every_parameter(case: Case) -> None:
     built = build(case)
     module = built.module
     if case.is_student:
-        cond = module.condition(built.feats, built.speaker)
+        cond = built.condition()
         x, log_q = module.rsample_and_log_prob(cond, generator=torch.Generator().manual_seed(0))
         loss = log_q.mean() + x.pow(2).mean()
     else:
@@ -504,6 +561,8 @@ def test_loss_reaches_every_parameter(case: Case) -> None:
         loss = (weights * x).sum() + x.pow(2).mean() - logdet.mean()
     loss.backward()
     for name, parameter in module.named_parameters():
+        if name.startswith("conditioner.f0_predictor."):
+            continue  # trained by its own loss (`F0Predictor.loss`), beside the flow's
         assert parameter.grad is not None, f"{name} gets no gradient"
         assert parameter.grad.abs().max() > 0, f"{name} gets a zero gradient"
 
@@ -517,7 +576,7 @@ def test_changing_cond_changes_x(case: Case) -> None:
     with torch.no_grad():
         if case.is_student:
             model = built.module
-            other_cond = model.condition(built.feats + 1.0, built.speaker)
+            other_cond = built.condition(built.feats + 1.0)
             x = model.sample(built.cond, generator=torch.Generator().manual_seed(5))
             other_x = model.sample(other_cond, generator=torch.Generator().manual_seed(5))
         else:
@@ -661,7 +720,7 @@ def test_bf16_sample_stays_close_to_fp32(case: Case) -> None:
     for dtype in (torch.float32, torch.bfloat16):
         model = copy.deepcopy(built.module).to(dtype).eval()
         with torch.inference_mode():
-            cond = model.condition(built.feats.to(dtype), built.speaker)
+            cond = model.condition(built.feats.to(dtype), built.speaker, built.f0)
             samples[dtype] = model.sample(cond, generator=torch.Generator().manual_seed(5))
         assert samples[dtype].dtype == dtype and samples[dtype].shape == (BATCH, 1, FRAMES * HOP)
     reference, low = samples[torch.float32], samples[torch.bfloat16].float()

@@ -13,7 +13,12 @@ from wavflow.audio import estimate_f0
 from wavflow.config import FeatureConfig
 from wavflow.flows import IAFStudent, SqueezeWave
 from wavflow.flows.layers import HarmonicShift
-from wavflow.nn.conditioning import F0Predictor, excitation_phase, harmonic_excitation
+from wavflow.nn.conditioning import (
+    F0Predictor,
+    excitation_phase,
+    harmonic_excitation,
+    pulse_source,
+)
 from wavflow.teacher import WaveNet
 
 FEATURES = FeatureConfig(sample_rate=16000, n_fft=1024, hop_length=256, win_length=1024)
@@ -46,6 +51,31 @@ def test_excitation_harmonics_voicing_and_nyquist():
     assert torch.allclose(step, torch.full_like(step, 2 * math.pi * 200 / 16000), atol=1e-4)
     assert e[0, 4:, 650:].abs().max() == 0  # harmonic 3 of 3 kHz is above 8 kHz
     assert e[0, 2:4, 650:].abs().max() > 0  # harmonic 2 (6 kHz) is below
+
+
+def test_pulse_source_is_a_flat_unit_power_pulse_train_where_voiced():
+    f0 = torch.tensor([[0.0] * 4 + [250.0] * 60 + [0.0] * 4], dtype=torch.float64)
+    pulses, voiced = pulse_source(f0, 100, 16000)[0]
+    assert pulses[:400].abs().max() == 0 and pulses[-400:].abs().max() == 0
+    assert voiced[:400].sum() == 0 and bool((voiced[400:6400] == 1).all())
+    steady = pulses[1000:5800]  # 75 whole periods of 64 samples, away from the voicing edges
+    assert abs(float((steady**2).mean()) - 1) < 1e-6
+    # One pulse per period, and all 31 harmonics below 8 kHz at one amplitude (a flat source).
+    assert bool((steady.reshape(-1, 64).argmax(dim=1) == steady[:64].argmax()).all())
+    amplitudes = torch.fft.rfft(steady).abs() / len(steady)
+    harmonics = amplitudes[75 * torch.arange(1, 32)]
+    assert torch.allclose(harmonics, torch.full_like(harmonics, math.sqrt(2 / 31) / 2), rtol=1e-6)
+    assert amplitudes.sum() - harmonics.sum() < 1e-6 * amplitudes.sum()
+
+
+def test_pulse_source_continues_a_passed_phase():
+    torch.manual_seed(0)
+    f0 = 100 + 100 * torch.rand(1, 12, dtype=torch.float64)
+    phase = excitation_phase(f0, 64, 16000)
+    whole = pulse_source(f0, 64, 16000)
+    right = pulse_source(f0[:, 6:], 64, 16000, phase[:, 6 * 64 :])
+    # Half a frame in, F0's interpolation no longer sees the cut.
+    torch.testing.assert_close(right[..., 32:], whole[..., 6 * 64 + 32 :], atol=1e-9, rtol=0)
 
 
 def test_excitation_phase_is_continuous_across_chunks():

@@ -143,6 +143,30 @@ def test_the_spectral_envelope_iaf_streams_its_whole_utterance_samples() -> None
         torch.testing.assert_close(streamed, whole[:, 0], rtol=0, atol=1e-7 * scale, msg=str(size))
 
 
+@pytest.mark.parametrize("kind, options", [("iaf", {}), ("squeezewave", {"fold": 4})])
+def test_a_harmonic_source_streams_its_whole_utterance_pulses(kind, options) -> None:
+    """The pulses follow the whole utterance's phase in every chunk (`pulse_source` of the
+    passed phase), so streamed pulses land where the whole utterance puts them."""
+    student = _student(
+        kind,
+        **options,
+        envelope=True,
+        envelope_taps=16,
+        features=FEATURES,
+        n_harmonics=2,
+        harmonic_source=True,
+    )
+    feats, f0 = _inputs(True)
+    noise = model_noise(student, BATCH, seed=4)
+    with torch.inference_mode():
+        whole, _ = student.flow(noise(0, FRAMES * HOP), student.condition(feats, None, f0))
+    session = StreamSession.start(student, FEATURES, noise)
+    scale = whole.abs().max().item()
+    for size in CHUNKS:
+        streamed, _ = _streamed(session, feats, f0, size)
+        torch.testing.assert_close(streamed, whole[:, 0], rtol=0, atol=1e-7 * scale, msg=str(size))
+
+
 def test_the_spectral_envelope_squeezewave_streams_its_whole_utterance_samples() -> None:
     """A coupling student's output filter reaches taps - 1 samples back and half a hop ahead
     without a conv: `output_filter_reach` puts that in the plan."""

@@ -29,6 +29,7 @@ from wavflow.flows.layers import (
     Squeeze,
     SwapHalves,
 )
+from wavflow.flows.source import HarmonicSource
 from wavflow.flows.spectral_envelope import SpectralEnvelope
 from wavflow.flows.squeezewave import DepthwiseWaveNet, FrameRateConditioner, SqueezeWave
 from wavflow.flows.waveglow import WaveGlow
@@ -97,6 +98,7 @@ __all__ = [
     "FloWaveNet",
     "Flow",
     "FlowModel",
+    "HarmonicSource",
     "FrameRateConditioner",
     "HarmonicShift",
     "IAFFlow",

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from wavflow.config import FeatureConfig
 from wavflow.flows.base import Flow, FlowModel, SequentialFlow, make_base
 from wavflow.flows.layers import LOG_SCALE_BOUND, EnvelopeScale, soft_clamp
+from wavflow.flows.source import HarmonicSource
 from wavflow.flows.spectral_envelope import SpectralEnvelope
 from wavflow.nn.conditioning import Conditioner
 from wavflow.nn.conv import add_weight_norm
@@ -175,6 +176,9 @@ class IAFStudent(FlowModel):
             as its level: a minimum-phase filter of this many taps per frame
             (`SpectralEnvelope`, a spectrally shaped prior); 0: the level only.
         features: the mel settings (needed for `envelope_taps`).
+        harmonic_source: start from pulses at F0 where voiced instead of noise
+            (`HarmonicSource`, a harmonic-plus-noise source; needs pitch): with the spectral
+            envelope, a source-filter vocoder before any training, which the steps refine.
 
     References:
         van den Oord et al., "Parallel WaveNet", arXiv:1711.10433.
@@ -237,6 +241,7 @@ class IAFStudent(FlowModel):
         envelope_offset: float = -2.7,
         envelope_taps: int = 0,
         features: FeatureConfig | None = None,
+        harmonic_source: bool = False,
     ) -> None:
         if envelope_taps and not (envelope and features is not None):
             raise ValueError("envelope_taps needs envelope = true and the feature settings")
@@ -249,6 +254,7 @@ class IAFStudent(FlowModel):
             sample_rate,
             envelope,
             packed_mel=bool(envelope_taps),
+            source=harmonic_source,
         )
         for n_layers in flow_layers:
             if n_layers > layers_per_cycle and n_layers % layers_per_cycle:
@@ -282,14 +288,23 @@ class IAFStudent(FlowModel):
             if envelope
             else []
         )
-        super().__init__(SequentialFlow([*flows, *scale]), make_base(base), conditioner)
+        source = [HarmonicSource(conditioner.source_channel)] if harmonic_source else []
+        flow = SequentialFlow([*source, *flows, *scale])
+        super().__init__(flow, make_base(base), conditioner)
         self.n_steps, self.envelope_taps = len(flows), envelope_taps
+        self.has_source, self.has_envelope = harmonic_source, envelope
         add_weight_norm(self.flow)
+
+    @property
+    def source(self) -> HarmonicSource | None:
+        """The harmonic-plus-noise source, first in sampling order (None: built without)."""
+        return self.flow.flows[0] if self.has_source else None
 
     @property
     def steps(self) -> list[IAFFlow]:
         """The IAF steps, in sampling order."""
-        return list(self.flow.flows[: self.n_steps])
+        start = int(self.has_source)
+        return list(self.flow.flows[start : start + self.n_steps])
 
     @staticmethod
     def _envelope_layer(
@@ -302,7 +317,7 @@ class IAFStudent(FlowModel):
     @property
     def envelope(self) -> EnvelopeScale | SpectralEnvelope | None:
         """The mel-adaptive output layer (None: built without `envelope`)."""
-        return None if len(self.flow.flows) == self.n_steps else self.flow.flows[-1]
+        return self.flow.flows[-1] if self.has_envelope else None
 
     @property
     def receptive_field(self) -> int:
@@ -324,6 +339,9 @@ class IAFStudent(FlowModel):
             x, loc, log_scale, each (B, 1, T); loc and log_scale at t depend on z_<t only.
         """
         x, loc, log_scale = z, torch.zeros_like(z), torch.zeros_like(z)
+        if self.source is not None:
+            loc, log_scale = self.source.location_scale(cond)
+            x = loc + torch.exp(log_scale) * z
         for flow in self.steps:
             mu, step_log_scale = flow.shift_and_log_scale(x, cond)
             scale = torch.exp(step_log_scale)

@@ -200,6 +200,44 @@ def harmonic_excitation(
     return waves.reshape(batch, 2 * n_harmonics, -1).to(f0.dtype)  # (B, K, 2, T) -> (B, 2K, T)
 
 
+def pulse_source(
+    f0: Tensor, hop_length: int, sample_rate: int, phase: Tensor | None = None
+) -> Tensor:
+    """A band-limited pulse train at F0 and the voicing, at audio rate: (B, 2, F * hop).
+
+        p_t = sqrt(2 / K_t) sum_{k=1..K_t} cos(k phi_t)   (voiced; 0 where unvoiced)
+        K_t = the harmonics below sr / 2,  v_t = 1 where voiced, else 0
+
+    Every harmonic below Nyquist, each at the same amplitude: a pulse per period with a flat
+    spectrum and unit power, the classic vocoder's voiced source. The sum is written in closed
+    form (the Dirichlet kernel sin((K + 1/2) phi) / (2 sin(phi / 2)) - 1/2, its limit K at the
+    pulses), so it costs the same for any F0. Through `SpectralEnvelope`'s filter it already
+    scores STOI 0.94 on the quality recipe's held-back speech with no training at all
+    (BENCHMARKS.md, "Quality"); `HarmonicSource` starts a student from it.
+
+    Args:
+        f0: (B, F) Hz at the frame rate, 0 = unvoiced.
+        hop_length, sample_rate: frame hop and rate of the audio.
+        phase: (B, F * hop) phase to use instead of the one accumulated from the start of `f0`
+            (as `harmonic_excitation`'s, so chunks continue the whole utterance's pulses).
+
+    Returns:
+        (B, 2, F * hop_length) in the dtype of `f0`: channel 0 the pulses, channel 1 v_t.
+    """
+    f0_audio, voiced = f0_at_audio_rate(f0, hop_length)
+    if phase is None:
+        phase = 2 * math.pi * torch.cumsum(f0_audio / sample_rate, dim=-1)
+    # k f0 < sr / 2 strictly, as in `harmonic_excitation`: a harmonic at Nyquist would alias.
+    harmonics = (torch.ceil(sample_rate / (2 * f0_audio)) - 1).clamp_min(1.0)
+    # Wrapped to (-pi, pi], so that the pulse at phi = 0 (mod 2 pi) is where sin(phi / 2) = 0.
+    wrapped = torch.remainder(phase.double() + math.pi, 2 * math.pi) - math.pi
+    half = torch.sin(wrapped / 2)
+    at_pulse = half.abs() < 1e-6
+    kernel = torch.sin((harmonics + 0.5) * wrapped) / (2 * torch.where(at_pulse, 1.0, half)) - 0.5
+    pulses = torch.where(at_pulse, harmonics, kernel) * torch.sqrt(2 / harmonics) * voiced
+    return torch.stack([pulses, voiced.double()], dim=1).to(f0.dtype)
+
+
 def _fill_unvoiced(f0: Tensor, voiced: Tensor) -> Tensor:
     """F0 with unvoiced frames replaced by the previous voiced value (the next one at the start;
     100 Hz when a row has no voiced frame), so interpolation never glides through 0."""
@@ -283,15 +321,18 @@ class ConditionerBase(nn.Module):
         n_harmonics: int,
         sample_rate: int,
         envelope: bool,
+        source: bool = False,
     ) -> None:
         """Set up the shared parts (called after a subclass's own modules, so that parameters
         keep their order in checkpoints' optimizer state). Arguments as in `Conditioner`."""
+        if source and not n_harmonics:
+            raise ValueError("a harmonic source needs pitch conditioning (n_harmonics >= 1)")
         self.hop_length, self.n_speakers = hop_length, n_speakers
         self.speaker = nn.Embedding(n_speakers, speaker_channels) if n_speakers else None
         self.speaker_channels = speaker_channels if n_speakers else 0  # channels in `cond`
         self.n_harmonics, self.sample_rate = n_harmonics, sample_rate
         self.excitation_channels = 2 * n_harmonics
-        self.has_envelope = envelope
+        self.has_envelope, self.has_source = envelope, source
         self.f0_predictor = F0Predictor(n_mels) if n_harmonics else None
 
     def speaker_part(self, speaker: Tensor | None, length: int) -> list[Tensor]:
@@ -304,14 +345,22 @@ class ConditionerBase(nn.Module):
             f0, self.hop_length, self.sample_rate, self.n_harmonics, phase
         ).to(dtype)
 
+    def source_of(self, f0: Tensor | None, phase: Tensor | None, dtype: torch.dtype) -> Tensor:
+        """The pulse source and voicing (B, 2, F * hop) at audio rate (`pulse_source`)."""
+        if f0 is None:
+            raise ValueError("this model has a harmonic source: pass F0 (B, frames) in Hz")
+        return pulse_source(f0, self.hop_length, self.sample_rate, phase).to(dtype)
+
 
 class Conditioner(ConditionerBase):
     """Builds the audio-rate conditioning `cond` (B, C, T) that every model's layers read.
 
     `cond` = [upsampled mel; speaker embedding broadcast over time when the model has speakers
-    (global conditioning); harmonic excitation (2 * n_harmonics channels, last) when the model
-    is conditioned on pitch]. Models that put the excitation in their signal path read it back
-    with `excitation(cond)`. With pitch, an `F0Predictor` gives F0 for mels that come without.
+    (global conditioning); with `source`, the pulse source and voicing (2 channels); with
+    `envelope`, the log level (1); harmonic excitation (2 * n_harmonics channels, last) when
+    the model is conditioned on pitch]. Models that put the excitation in their signal path
+    read it back with `excitation(cond)`. With pitch, an `F0Predictor` gives F0 for mels that
+    come without.
 
     Args:
         n_mels: mel bands of `feats`.
@@ -325,6 +374,8 @@ class Conditioner(ConditionerBase):
         packed_mel: also give the mel frames themselves (`pack_mels`, the first channels), for
             a layer that filters by the mel's spectral envelope (`SpectralEnvelope`); the
             networks that read `cond` skip it (`leading_channels`).
+        source: also give `pulse_source`'s pulse train and voicing (needs pitch), for a
+            student that starts from a harmonic-plus-noise source (`HarmonicSource`).
     """
 
     def __init__(
@@ -337,20 +388,31 @@ class Conditioner(ConditionerBase):
         sample_rate: int = 22050,
         envelope: bool = False,
         packed_mel: bool = False,
+        source: bool = False,
     ) -> None:
         super().__init__()
         self.upsampler = MelUpsampler(hop_length)
         self._add_speaker_and_pitch(
-            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate, envelope
+            n_mels,
+            hop_length,
+            n_speakers,
+            speaker_channels,
+            n_harmonics,
+            sample_rate,
+            envelope,
+            source,
         )
         # Index of the log-envelope channel in `cond`, counted from the end (None: no envelope).
         self.envelope_channel = -1 - self.excitation_channels if envelope else None
+        # Index of the pulse channel (the voicing follows it), from the end (None: no source).
+        self.source_channel = -2 - int(envelope) - self.excitation_channels if source else None
         # Channels at the front of `cond` that only the output filter reads.
         self.leading_channels = packed_channels(n_mels, hop_length) if packed_mel else 0
         self.out_channels = (
             self.leading_channels
             + n_mels
             + self.speaker_channels
+            + 2 * int(source)
             + int(envelope)
             + self.excitation_channels
         )
@@ -373,6 +435,8 @@ class Conditioner(ConditionerBase):
         mel = self.upsampler(feats)
         packed = [pack_mels(feats, self.hop_length)] if self.leading_channels else []
         parts = [*packed, mel, *self.speaker_part(speaker, mel.shape[-1])]
+        if self.has_source:
+            parts.append(self.source_of(f0, phase, feats.dtype))
         if self.has_envelope:
             parts.append(log_envelope(feats, self.hop_length)[:, None])
         if self.n_harmonics:
