@@ -59,8 +59,13 @@ done
 if [ "$ablation" = "--ablation" ]; then
   for student in iaf squeezewave; do
     stamp "$student (spectral losses only)"
+    # The teacher's terms off, in the student's own weights table when the recipe gives it one
+    # ([distill.students.<kind>.weights] replaces [distill.weights] whole).
+    table=$("${WAVFLOW_VENV:-$root/.venv}/bin/python" -c "from wavflow.config import load_recipe
+weights = load_recipe('$recipe').distill.students.get('$student', {}).get('weights')
+print('distill.students.$student.weights' if weights is not None else 'distill.weights')")
     train "$out/${student}_spectral" train-student --student "$student" \
-      --teacher "$(last "$out/teacher")" --set distill.weights.kl=0.0 --set distill.weights.log_scale=0.0
+      --teacher "$(last "$out/teacher")" --set "$table.kl=0.0" --set "$table.log_scale=0.0"
     checkpoints+=(--checkpoint "$(last "$out/${student}_spectral")")
   done
 fi
