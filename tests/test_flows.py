@@ -129,7 +129,7 @@ LAYER_CASES = [
     ),
     Case(  # cond channels 1..4 (of 3 + 4) the pulses, 5..8 the voicing, folded 4 per step
         "harmonic_source",
-        lambda: HarmonicSource(1, 4, init_noise=0.3, init_gain=0.7),
+        lambda: HarmonicSource(1, 4, noise=0.3, init_gain=0.7),
         z_shape=(4, 8),
         reads_cond=True,
         cond_channels=COND_CHANNELS + 2 * 4,

@@ -179,6 +179,7 @@ class IAFStudent(FlowModel):
         harmonic_source: start from pulses at F0 where voiced instead of noise
             (`HarmonicSource`, a harmonic-plus-noise source; needs pitch): with the spectral
             envelope, a source-filter vocoder before any training, which the steps refine.
+        source_noise: with `harmonic_source`, the noise scale in voiced samples (fixed).
 
     References:
         van den Oord et al., "Parallel WaveNet", arXiv:1711.10433.
@@ -242,6 +243,7 @@ class IAFStudent(FlowModel):
         envelope_taps: int = 0,
         features: FeatureConfig | None = None,
         harmonic_source: bool = False,
+        source_noise: float = 0.1,
     ) -> None:
         if envelope_taps and not (envelope and features is not None):
             raise ValueError("envelope_taps needs envelope = true and the feature settings")
@@ -288,7 +290,9 @@ class IAFStudent(FlowModel):
             if envelope
             else []
         )
-        source = [HarmonicSource(conditioner.source_channel)] if harmonic_source else []
+        source = (
+            [HarmonicSource(conditioner.source_channel, 1, source_noise)] if harmonic_source else []
+        )
         flow = SequentialFlow([*source, *flows, *scale])
         super().__init__(flow, make_base(base), conditioner)
         self.n_steps, self.envelope_taps = len(flows), envelope_taps

@@ -8,8 +8,11 @@ after 2,000 steps. `HarmonicSource` starts it from the classic vocoder's source 
 
     y_t = g p_t + sigma_t z_t,   sigma_t = exp(v_t log s),
 
-p the unit-power pulses (`pulse_source`), v_t the voicing (1 voiced, 0 unvoiced), g and s
-learned (s: the noise left in voiced samples, 0.1 at the start). The output filter gives the
+p the unit-power pulses (`pulse_source`), v_t the voicing (1 voiced, 0 unvoiced), g learned
+and s, the noise left in voiced samples, fixed (as the Neural Source-Filter models fix theirs):
+learned, the spectral losses raise it (0.1 -> 0.23 in 2,000 SqueezeWave steps on the quality
+recipe), which fills the harmonics' valleys and costs STOI (0.93 -> 0.905; setting it back to
+0.1 in the trained model gave 0.929 back; BENCHMARKS.md, "Quality"). The output filter gives the
 spectral envelope. The IAF places it first in the sampling direction, so that its steps (the
 identity at initialisation) reshape the pulses and the noise; SqueezeWave after its couplings,
 whose 1x1 convs would scatter each pulse over a fold, so that they shape the noise only. A
@@ -40,18 +43,17 @@ class HarmonicSource(Flow):
     Args:
         channel: index of the first pulse channel in `cond` (negative: from the end).
         channels: G, samples of z per step (1 at audio rate).
-        init_noise: s at initialisation, the noise scale in voiced samples.
+        noise: s, the noise scale in voiced samples (fixed).
         init_gain: g at initialisation.
     """
 
     def __init__(
-        self, channel: int, channels: int = 1, init_noise: float = 0.1, init_gain: float = 1.0
+        self, channel: int, channels: int = 1, noise: float = 0.1, init_gain: float = 1.0
     ) -> None:
         super().__init__()
-        if not (init_noise > 0 and init_gain > 0):
-            raise ValueError(f"init_noise and init_gain must be > 0, got {init_noise}, {init_gain}")
-        self.channel, self.channels = channel, channels
-        self.log_noise = nn.Parameter(torch.tensor(math.log(init_noise)))
+        if not (noise > 0 and init_gain > 0):
+            raise ValueError(f"noise and init_gain must be > 0, got {noise}, {init_gain}")
+        self.channel, self.channels, self.log_noise = channel, channels, math.log(noise)
         self.log_gain = nn.Parameter(torch.tensor(math.log(init_gain)))
 
     def location_scale(self, cond: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -330,6 +330,7 @@ class SqueezeWave(FlowModel):
         features: the mel settings (needed for `envelope_taps`).
         harmonic_source: pulses at F0 where voiced, the couplings' noise quietened there
             (`HarmonicSource` on the folded output of the couplings; needs pitch).
+        source_noise: with `harmonic_source`, the noise scale in voiced samples (fixed).
 
     References:
         Zhai et al., "SqueezeWave", arXiv:2001.05685.
@@ -392,6 +393,7 @@ class SqueezeWave(FlowModel):
         envelope_taps: int = 0,
         features: FeatureConfig | None = None,
         harmonic_source: bool = False,
+        source_noise: float = 0.1,
     ) -> None:
         if envelope_taps and not (envelope and features is not None and fold <= hop_length):
             raise ValueError(
@@ -446,7 +448,7 @@ class SqueezeWave(FlowModel):
             # would scatter each pulse over 128 samples (PESQ-wb 1.47 at initialisation on the
             # quality recipe's held-back speech against 2.09 for the IAF, whose steps start as
             # the identity). The couplings shape the noise; the pulses are added to it.
-            layers.append(HarmonicSource(conditioner.source_channel, fold))
+            layers.append(HarmonicSource(conditioner.source_channel, fold, source_noise))
         if envelope and not envelope_taps:  # the level channel ends the frame features
             layers.append(EnvelopeScale(frame_channels - 1, envelope_offset))
         if n_harmonics:
