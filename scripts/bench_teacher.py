@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from wavflow.benchmark import DTYPES as BENCH_DTYPES
 from wavflow.config import TeacherConfig
 from wavflow.generation import IncrementalWaveNet, kernel_cache_dir, kernel_error
 from wavflow.teacher import WaveNet
+from wavflow.timing import cpu_name
 
 SAMPLE_RATE = BENCH_FEATURES.sample_rate
 DTYPES = {**BENCH_DTYPES, "fp64": torch.float64}
@@ -57,17 +57,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="print where the step's time goes")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_teacher(seed: int) -> WaveNet:

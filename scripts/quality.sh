@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The quality pipeline of recipes/quality.toml, end to end, scored on held-back speech:
-#   corpus -> prepare -> teacher -> IAF and SqueezeWave distilled from it -> (with --ablation, the
-#   same students trained on the spectral losses alone) -> `wavflow evaluate` on utterances of
-#   three voices that training never saw, beside the real-audio and Griffin-Lim rows.
+#   corpus -> prepare -> teacher -> IAF and SqueezeWave trained with the recipe's losses ->
+#   (with --ablation, each student's twin with the teacher's KL toggled) -> `wavflow evaluate`
+#   on utterances of three voices that training never saw, beside the real-audio and
+#   Griffin-Lim rows.
 # Budgets are steps (the recipe's train.steps and train.student_steps); about an hour on 2 CPU
 # cores without the ablation. Every stage resumes where it stopped.
 #
 # Usage: bash scripts/quality.sh [OUT_DIR (default runs/quality)] [--ablation]
 # Extra settings: RECIPE (default recipes/quality.toml), EVAL_SECONDS (default 4),
 # STUDENT_TEMPERATURE (default 0.7: the students are scored a second time with their noise
-# scaled by it, in quality_students_T<t>.md; 1 skips that table).
+# scaled by it, in quality_students_T<t>.md; 1 skips that table), TWIN_KL_IAF and
+# TWIN_KL_SQUEEZEWAVE (the KL weights of the distilled twins of --ablation).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:-runs/quality}"
@@ -58,15 +60,31 @@ for student in iaf squeezewave; do
 done
 if [ "$ablation" = "--ablation" ]; then
   for student in iaf squeezewave; do
-    stamp "$student (spectral losses only)"
-    # The teacher's terms off, in the student's own weights table when the recipe gives it one
-    # ([distill.students.<kind>.weights] replaces [distill.weights] whole).
-    table=$("${WAVFLOW_VENV:-$root/.venv}/bin/python" -c "from wavflow.config import load_recipe
-weights = load_recipe('$recipe').distill.students.get('$student', {}).get('weights')
-print('distill.students.$student.weights' if weights is not None else 'distill.weights')")
-    train "$out/${student}_spectral" train-student --student "$student" \
-      --teacher "$(last "$out/teacher")" --set "$table.kl=0.0" --set "$table.log_scale=0.0"
-    checkpoints+=(--checkpoint "$(last "$out/${student}_spectral")")
+    # The twin with the teacher's terms toggled, in the student's own weights table when the
+    # recipe gives it one ([distill.students.<kind>.weights] replaces [distill.weights] whole):
+    # a student the recipe distils is trained on the spectral losses alone, one it trains on
+    # those alone is distilled (KL weight $TWIN_KL_<KIND>: 1 for the IAF, with its log-scale
+    # term at 0.1, and 0.01 for SqueezeWave, whose sample-based KL is safe only there).
+    read -r table kl < <("${WAVFLOW_VENV:-$root/.venv}/bin/python" -c "from wavflow.config import load_recipe
+distill = load_recipe('$recipe').distill
+own = distill.students.get('$student', {}).get('weights')
+table = 'distill.students.$student.weights' if own is not None else 'distill.weights'
+print(table, distill.for_student('$student').weights.get('kl', 0.0))")
+    if [ "$kl" = "0.0" ]; then
+      name=distilled
+      twin=1.0; [ "$student" = squeezewave ] && twin=0.01
+      [ "$student" = iaf ] && twin="${TWIN_KL_IAF:-$twin}"
+      [ "$student" = squeezewave ] && twin="${TWIN_KL_SQUEEZEWAVE:-$twin}"
+      settings=(--set "$table.kl=$twin")
+      [ "$student" = iaf ] && settings+=(--set "$table.log_scale=0.1")
+    else
+      name=spectral
+      settings=(--set "$table.kl=0.0" --set "$table.log_scale=0.0")
+    fi
+    stamp "$student ($name twin)"
+    train "$out/${student}_$name" train-student --student "$student" \
+      --teacher "$(last "$out/teacher")" "${settings[@]}"
+    checkpoints+=(--checkpoint "$(last "$out/${student}_$name")")
   done
 fi
 stamp evaluate

@@ -6,6 +6,7 @@ Every timed call runs under `torch.inference_mode`, synchronising on CUDA before
 
 from __future__ import annotations
 
+import platform
 import statistics
 import threading
 import time
@@ -132,6 +133,18 @@ def time_naive_steps(model: WaveNet, feats: Tensor, steps: int) -> NaiveSteps:
         seconds=[after - before for before, after in zip(timed, timed[1:])],
         windows=windows[field_samples - 1 : -1],
     )
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what `platform` knows where that is missing."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine_ceiling(dtype: torch.dtype, device: torch.device) -> dict[str, float]:
