@@ -104,6 +104,23 @@ def coupling_sizes() -> dict:
     return {"n_layers": 2, "kernel_size": 3, "hidden_channels": 6}
 
 
+def spectral_squeezewave(**options: object) -> SqueezeWave:
+    """A tiny SqueezeWave (fold 2, no early outputs) with the spectrally shaped prior."""
+    return SqueezeWave(
+        N_MELS,
+        HOP,
+        n_flows=2,
+        fold=2,
+        n_layers=1,
+        channels=4,
+        early_channels=0,
+        envelope=True,
+        envelope_taps=8,
+        features=FEATURES,
+        **options,
+    )
+
+
 def depthwise_coupling(channels: int) -> AffineCoupling:
     """A SqueezeWave coupling: its transform is a depthwise-separable stack, dilations 1, 2."""
     half = channels // 2
@@ -302,36 +319,12 @@ STUDENT_CASES = [
     ),
     Case(  # the unfolded output filtered by the mel's spectral envelope
         "student_squeezewave_spectral_envelope",
-        lambda: SqueezeWave(
-            N_MELS,
-            HOP,
-            n_flows=2,
-            fold=2,
-            n_layers=1,
-            channels=4,
-            early_channels=0,
-            envelope=True,
-            envelope_taps=8,
-            features=FEATURES,
-        ),
+        lambda: spectral_squeezewave(),
         reads_cond=True,
     ),
-    Case(  # the folded noise starts as pulses at F0 where voiced, then the spectral envelope
+    Case(  # pulses at F0 added where voiced after the couplings, then the spectral envelope
         "student_squeezewave_harmonic_source",
-        lambda: SqueezeWave(
-            N_MELS,
-            HOP,
-            n_flows=2,
-            fold=2,
-            n_layers=1,
-            channels=4,
-            early_channels=0,
-            **PITCH_SIZES,
-            envelope=True,
-            envelope_taps=8,
-            features=FEATURES,
-            harmonic_source=True,
-        ),
+        lambda: spectral_squeezewave(**PITCH_SIZES, harmonic_source=True),
         reads_cond=True,
         pitch=True,
     ),

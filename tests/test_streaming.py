@@ -143,6 +143,20 @@ def test_the_spectral_envelope_iaf_streams_its_whole_utterance_samples() -> None
         torch.testing.assert_close(streamed, whole[:, 0], rtol=0, atol=1e-7 * scale, msg=str(size))
 
 
+def _assert_streams_whole_utterance_to_scale(student) -> None:
+    """Streamed (pitch-conditioned) output equals the whole utterance's within 1e-7 of its
+    peak, for every chunk size."""
+    feats, f0 = _inputs(True)
+    noise = model_noise(student, BATCH, seed=4)
+    with torch.inference_mode():
+        whole, _ = student.flow(noise(0, FRAMES * HOP), student.condition(feats, None, f0))
+    session = StreamSession.start(student, FEATURES, noise)
+    scale = whole.abs().max().item()
+    for size in CHUNKS:
+        streamed, _ = _streamed(session, feats, f0, size)
+        torch.testing.assert_close(streamed, whole[:, 0], rtol=0, atol=1e-7 * scale, msg=str(size))
+
+
 @pytest.mark.parametrize("kind, options", [("iaf", {}), ("squeezewave", {"fold": 4})])
 def test_a_harmonic_source_streams_its_whole_utterance_pulses(kind, options) -> None:
     """The pulses follow the whole utterance's phase in every chunk (`pulse_source` of the
@@ -156,15 +170,7 @@ def test_a_harmonic_source_streams_its_whole_utterance_pulses(kind, options) -> 
         n_harmonics=2,
         harmonic_source=True,
     )
-    feats, f0 = _inputs(True)
-    noise = model_noise(student, BATCH, seed=4)
-    with torch.inference_mode():
-        whole, _ = student.flow(noise(0, FRAMES * HOP), student.condition(feats, None, f0))
-    session = StreamSession.start(student, FEATURES, noise)
-    scale = whole.abs().max().item()
-    for size in CHUNKS:
-        streamed, _ = _streamed(session, feats, f0, size)
-        torch.testing.assert_close(streamed, whole[:, 0], rtol=0, atol=1e-7 * scale, msg=str(size))
+    _assert_streams_whole_utterance_to_scale(student)
 
 
 def test_the_spectral_envelope_squeezewave_streams_its_whole_utterance_samples() -> None:
@@ -173,15 +179,7 @@ def test_the_spectral_envelope_squeezewave_streams_its_whole_utterance_samples()
     student = _student(
         "squeezewave", fold=4, envelope=True, envelope_taps=16, features=FEATURES, n_harmonics=2
     )
-    feats, f0 = _inputs(True)
-    noise = model_noise(student, BATCH, seed=4)
-    with torch.inference_mode():
-        whole, _ = student.flow(noise(0, FRAMES * HOP), student.condition(feats, None, f0))
-    session = StreamSession.start(student, FEATURES, noise)
-    scale = whole.abs().max().item()
-    for size in CHUNKS:
-        streamed, _ = _streamed(session, feats, f0, size)
-        torch.testing.assert_close(streamed, whole[:, 0], rtol=0, atol=1e-7 * scale, msg=str(size))
+    _assert_streams_whole_utterance_to_scale(student)
 
 
 @pytest.mark.parametrize("kind", ["teacher", "iaf", "waveglow"])
