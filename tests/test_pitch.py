@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import torch
 from factories import tiny_teacher
 
 from wavflow.audio import estimate_f0
-from wavflow.config import FeatureConfig
+from wavflow.checkpoint import build_student
+from wavflow.config import FeatureConfig, RecipeError, load_recipe
 from wavflow.flows import IAFStudent, SqueezeWave
 from wavflow.flows.layers import HarmonicShift
 from wavflow.nn.conditioning import (
@@ -66,6 +68,16 @@ def test_pulse_source_is_a_flat_unit_power_pulse_train_where_voiced():
     harmonics = amplitudes[75 * torch.arange(1, 32)]
     assert torch.allclose(harmonics, torch.full_like(harmonics, math.sqrt(2 / 31) / 2), rtol=1e-6)
     assert amplitudes.sum() - harmonics.sum() < 1e-6 * amplitudes.sum()
+
+
+def test_a_harmonic_source_without_pitch_or_noise_is_refused_naming_the_field():
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quality.toml"
+    with pytest.raises(RecipeError, match=r"\[student.iaf\] harmonic_source needs pitch"):
+        build_student(load_recipe(recipe, ['conditioning.pitch="none"']))
+    with pytest.raises(RecipeError, match=r"\[student.squeezewave\] source_noise must be > 0"):
+        build_student(
+            load_recipe(recipe, ["student.squeezewave.source_noise=0.0"]), kind="squeezewave"
+        )
 
 
 def test_pulse_source_continues_a_passed_phase():

@@ -51,8 +51,10 @@ class HarmonicSource(Flow):
         self, channel: int, channels: int = 1, noise: float = 0.1, init_gain: float = 1.0
     ) -> None:
         super().__init__()
-        if not (noise > 0 and init_gain > 0):
-            raise ValueError(f"noise and init_gain must be > 0, got {noise}, {init_gain}")
+        if not noise > 0:
+            raise ValueError(f"source_noise must be > 0 (the voiced noise scale), got {noise}")
+        if not init_gain > 0:
+            raise ValueError(f"the source's init_gain must be > 0, got {init_gain}")
         self.channel, self.channels, self.log_noise = channel, channels, math.log(noise)
         self.log_gain = nn.Parameter(torch.tensor(math.log(init_gain)))
 

@@ -326,7 +326,9 @@ class ConditionerBase(nn.Module):
         """Set up the shared parts (called after a subclass's own modules, so that parameters
         keep their order in checkpoints' optimizer state). Arguments as in `Conditioner`."""
         if source and not n_harmonics:
-            raise ValueError("a harmonic source needs pitch conditioning (n_harmonics >= 1)")
+            raise ValueError(
+                'harmonic_source needs pitch conditioning: set [conditioning] pitch = "harmonic"'
+            )
         self.hop_length, self.n_speakers = hop_length, n_speakers
         self.speaker = nn.Embedding(n_speakers, speaker_channels) if n_speakers else None
         self.speaker_channels = speaker_channels if n_speakers else 0  # channels in `cond`
