@@ -84,12 +84,18 @@ def _streamed(session: StreamSession, feats, f0, size: int) -> tuple[torch.Tenso
 
 @pytest.mark.parametrize(
     "options, atol",
-    [({}, 0.0), ({"n_harmonics": 2}, 0.0), ({"n_harmonics": 2, "envelope": True}, 1e-6)],
-    ids=["mel", "f0", "f0-envelope"],
+    [
+        ({}, 0.0),
+        ({"n_harmonics": 2}, 0.0),
+        ({"n_harmonics": 2, "envelope": True}, 1e-6),
+        ({"n_harmonics": 2, "envelope": True, "lpc_order": 4, "features": FEATURES}, 1e-6),
+    ],
+    ids=["mel", "f0", "f0-envelope", "f0-lpc"],
 )
 def test_the_teacher_streams_exactly_its_whole_utterance_samples(options, atol) -> None:
     """Bit for bit; with the envelope within 1e-6, as the log-envelope's logsumexp over a
-    window rounds (by an ulp) unlike over the whole utterance."""
+    window rounds (by an ulp) unlike over the whole utterance; with the LPC the recursion's
+    history crosses each chunk's edge in float64, and its filter memory is rebuilt from it."""
     teacher = _teacher(**options)
     feats, f0 = _inputs("n_harmonics" in options)
     noise = model_noise(teacher, BATCH, seed=3)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import scipy.signal
 import torch
 import torch.nn.functional as F
 from factories import SMALLEST_WAVENET, tiny_teacher
 
+from wavflow.audio import log_mel
+from wavflow.config import FeatureConfig, RecipeError, load_recipe
 from wavflow.distributions import GaussianOutput, LogisticMixtureOutput
 from wavflow.nn.conditioning import upsample_factors
 from wavflow.teacher import WaveNet
@@ -154,7 +158,8 @@ ENVELOPE_CASES = [
 
 
 def envelope_teacher(output: str, pitch: bool, **options) -> WaveNet:
-    """A float64 envelope teacher (with pitch: 2 harmonics) whose offset is not the default."""
+    """A float64 envelope teacher (with pitch: 2 harmonics) whose offset is not the default;
+    `options` go to `tiny_teacher`."""
     pitch_options = {"n_harmonics": 2, "sample_rate": 16000} if pitch else {}
     model = tiny_teacher(output, envelope=True, **pitch_options | options)
     with torch.no_grad():
@@ -252,3 +257,112 @@ def test_input_noise_only_in_training_and_the_density_stays_exact():
     assert not torch.equal(model(x, cond), model(x, cond))  # noisy past in training
     model.eval()
     torch.testing.assert_close(model(x, cond), quiet.eval()(x, cond))  # exact in evaluation
+
+
+# Linear prediction: x_t = pred_t + exp(l_t) w_t, pred from the mel's LPC and x_<t, l its gain.
+
+LPC_FEATURES = FeatureConfig(sample_rate=16000, n_mels=8, hop_length=4, n_fft=16, win_length=16)
+
+
+def lpc_teacher(output: str, pitch: bool, **options) -> WaveNet:
+    return envelope_teacher(output, pitch, lpc_order=4, features=LPC_FEATURES, **options)
+
+
+@pytest.mark.parametrize(("output", "pitch"), ENVELOPE_CASES)
+def test_lpc_teacher_is_causal(output, pitch):
+    model = lpc_teacher(output, pitch, head_std=0.5)
+    cond = envelope_cond(model, torch.randn(1, 8, 8, dtype=torch.float64) * 2 - 2)
+    x = (torch.rand(1, 1, 32, dtype=torch.float64) * 1.8 - 0.9).requires_grad_()
+    params = model(x, cond)
+    for t in [0, 5, 17, 31]:
+        (grad,) = torch.autograd.grad(params[0, :, t].sum(), x, retain_graph=True)
+        assert grad[0, 0, t:].abs().max() == 0, f"params at {t} see x at {t} or later"
+        if t >= 1:
+            assert grad[0, 0, t - 1].abs() > 0, "params at t must see x_{t-1}"
+
+
+@pytest.mark.parametrize("pitch", [False, True])
+def test_lpc_density_is_a_change_of_variables(pitch):
+    """log p(x) = sum_t [log N(w_t; m_t, s_t) - l_t], w_t = (x_t - pred_t) exp(-l_t), pred_t =
+    sum_k a_k x_{t-k} with the frame's coefficients, (m, log s) from the stack on w_<t."""
+    model = lpc_teacher("gaussian", pitch, log_scale_min=-30.0, head_std=0.5)
+    feats = torch.randn(2, 8, 6, dtype=torch.float64) * 2 - 2
+    cond = envelope_cond(model, feats)
+    x = torch.rand(2, 1, 24, dtype=torch.float64) * 1.6 - 0.8
+    coefficients, log_gain = model.lpc.frames(feats)
+    level = log_gain.repeat_interleave(4, dim=1)[:, None] - 1.3  # (B, 1, T)
+    per_sample = coefficients.repeat_interleave(4, dim=1)  # (B, T, p)
+    padded = F.pad(x[:, 0], (4, 0))
+    prediction = torch.stack(
+        [(per_sample[:, t] * padded[:, t : t + 4].flip(-1)).sum(-1) for t in range(24)], -1
+    )[:, None]
+    assert prediction.abs().max() > 0.05  # the prediction acts
+    w = (x - prediction) * torch.exp(-level)
+    stack_out = model.stack(F.pad(w, (1, -1)), model.stack_cond(cond))
+    mean, log_scale = stack_out[:, :1], stack_out[:, 1:2]
+    if pitch:
+        amplitudes, excitation = stack_out[:, 2:], model.conditioner.excitation(cond)
+        mean = mean + (amplitudes * excitation).sum(1, keepdim=True)
+    w_density = torch.distributions.Normal(mean, log_scale.exp()).log_prob(w)
+    expected = (w_density - level).sum(dim=(1, 2))
+    torch.testing.assert_close(model.log_prob(x, cond), expected, rtol=0, atol=1e-9)
+    params = model(x, cond)  # x units: location pred + m exp(l), log-scale log s + l
+    torch.testing.assert_close(params[:, :1], prediction + mean * level.exp(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(params[:, 1:], log_scale + level, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("output", "pitch"), ENVELOPE_CASES)
+def test_lpc_cached_equals_naive_and_teacher_forced(output, pitch):
+    """The cached path (scaled excitations from the kernel, then the all-pole recursion) and the
+    naive one (the prediction added at each step) give the same samples, and those are what the
+    parallel pass's parameters sample to with the same noise."""
+    model = lpc_teacher(output, pitch, head_std=0.3).eval()
+    generator = torch.Generator().manual_seed(4)
+    feats = torch.randn(3, 8, 10, generator=generator, dtype=torch.float64) - 12
+    cond = envelope_cond(model, feats)
+    noise = model.head.draw_noise(3, 40, generator).double()
+    lengths = torch.tensor([40, 17, 29])
+    common = dict(noise=noise, temperature=0.9, lengths=lengths)
+    cached, state = model.generate(cond, method="cached", **common)
+    naive, _ = model.generate(cond, method="naive", **common)
+    alive = torch.arange(40)[None, None] < lengths[:, None, None]
+    assert cached.abs().max() > 0.01 and (cached[~alive] == 0).all()
+    assert cached.abs().max() < 0.99  # no sample clipped, so the comparison below is exact
+    torch.testing.assert_close(naive, cached, rtol=0, atol=1e-10)
+    resampled = model.head.sample(model(cached, cond), noise, 0.9) * alive
+    torch.testing.assert_close(resampled, cached, rtol=0, atol=1e-10)
+    torch.testing.assert_close(state.history[1], cached[1, 0, 13:17], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="whole frames"):
+        model.generate(cond[..., :6], noise=noise[..., :6])
+
+
+def test_lpc_shapes_a_new_teachers_noise_like_the_mel():
+    """At initialisation the samples' log-mel follows a tilted mel's shape with the LPC, and not
+    with the broadband level alone."""
+    features = FeatureConfig(sample_rate=16000, n_mels=40, hop_length=64, n_fft=256, win_length=256)
+    pole = 0.95 * np.exp(2j * np.pi * 800 / 16000)
+    tilted = scipy.signal.lfilter(
+        [0.01],
+        np.poly([pole, pole.conjugate()]).real,
+        np.random.default_rng(0).standard_normal(64 * 40),
+    )
+    feats = log_mel(torch.tensor(tilted, dtype=torch.float32)[None], features).double()
+    distances = {}
+    for order in (0, 12):
+        options = {"lpc_order": order, "features": features} if order else {}
+        model = tiny_teacher(
+            "gaussian", n_mels=40, hop_length=64, envelope=True, log_scale_min=-14.0, **options
+        ).eval()
+        with torch.no_grad():
+            model.level_offset.zero_() if order else None
+        x, _ = model.generate(model.condition(feats), generator=torch.Generator().manual_seed(0))
+        sampled = log_mel(x[:, 0].float(), features).double()
+        distances[order] = float((sampled - feats)[..., 4:-4].abs().mean())
+    assert distances[12] < 0.6 * distances[0], distances
+
+
+def test_lpc_needs_the_envelope():
+    with pytest.raises(ValueError, match="lpc_order needs envelope"):
+        tiny_teacher("gaussian", lpc_order=4, features=LPC_FEATURES)
+    with pytest.raises(RecipeError, match=r"\[teacher\] lpc_order needs envelope"):
+        load_recipe(None, ["teacher.lpc_order=16"])

@@ -44,6 +44,7 @@ def build_teacher(recipe: Recipe, n_speakers: int = 0) -> WaveNet:
             recipe.features.n_mels,
             recipe.features.hop_length,
             n_speakers=n_speakers,
+            features=recipe.features,
             **dataclasses.asdict(recipe.teacher) | pitch_arguments(recipe),
         )
     return add_weight_norm(model)

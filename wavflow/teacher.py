@@ -8,14 +8,18 @@ References:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wavflow.capabilities import Capabilities
+from wavflow.config import FeatureConfig
 from wavflow.distributions import build_output, shift_by_excitation
 from wavflow.generation import GenerationState, IncrementalWaveNet
-from wavflow.nn.conditioning import Conditioner
+from wavflow.nn.conditioning import Conditioner, unpack_mels
+from wavflow.nn.lpc import LinearPrediction
 from wavflow.nn.wavenet import WaveNetStack
 
 GENERATION_METHODS = ("cached", "naive")
@@ -38,6 +42,20 @@ class WaveNet(nn.Module):
     then start quiet instead of at the one noise level a stack must otherwise learn across
     80 dB of levels.
 
+    With `lpc_order` p as well, the level follows the spectrum, not only the loudness: the mel's
+    all-pole envelope (`LinearPrediction`: per frame, coefficients a and gain g) predicts x_t
+    from its past, and the stack models the normalised excitation, as LPCNet's network does:
+
+        x_t = pred_t + exp(l_t) w_t,  pred_t = sum_k a_k(t) x_{t-k},  l_t = log g(t) + c.
+
+    The stack reads w_{t-1} and its parameters of w_t map to x units by the scale exp(l_t) and
+    the shift pred_t, a per-step affine change of variables with a Jacobian known from the mel
+    and x_<t: the density of x stays exact and `forward` stays x-space. Sampling draws
+    exp(l_t) w_t with the cached or naive path and runs the all-pole recursion over it
+    (`LinearPrediction.synthesize`). The teacher's noise is then shaped like the frame's
+    spectrum from the first step; with the level alone it is white at the frame's loudness, far
+    above the real spectrum in quiet bands.
+
     Args:
         n_mels: mel bands of the conditioning features.
         hop_length: audio samples per mel frame (sets the upsampling factors).
@@ -59,6 +77,10 @@ class WaveNet(nn.Module):
         align_phase: train with the excitation's phase aligned to the real audio's
             fundamental (`aligned_phase`, in the likelihood loss only), so that the excitation
             tells the teacher where the glottal pulses are.
+        lpc_order: taps of the mel's linear prediction in the location (0: none; needs
+            `envelope` and `features`); c then starts at `envelope_offset` around the LPC gain,
+            which is calibrated already (use 0).
+        features: the mel settings (for `lpc_order`).
         input_noise: standard deviation of Gaussian noise added to the stack's input (the
             past samples, in y units with the envelope) in training mode only, so the teacher
             learns to lean on the mel and the excitation rather than on an exact past, which its
@@ -89,14 +111,27 @@ class WaveNet(nn.Module):
         envelope_offset: float = -2.7,
         input_noise: float = 0.0,
         align_phase: bool = False,
+        lpc_order: int = 0,
+        features: FeatureConfig | None = None,
     ) -> None:
         super().__init__()
+        if lpc_order and not (envelope and features is not None):
+            raise ValueError("lpc_order needs envelope = true (and the mel settings)")
         self.input_noise, self.align_phase = input_noise, align_phase
         self._incremental: tuple[tuple, IncrementalWaveNet] | None = None  # see `incremental`
         self.head = build_output(output, n_mixtures, log_scale_min)
         self.conditioner = Conditioner(
-            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate, envelope
+            n_mels,
+            hop_length,
+            n_speakers,
+            speaker_channels,
+            n_harmonics,
+            sample_rate,
+            envelope,
+            packed_mel=bool(lpc_order),  # the LPC is fitted to the mel frames themselves
         )
+        # None keeps checkpoints without it free of its (non-persistent) buffers' module.
+        self.lpc = LinearPrediction(features, lpc_order) if lpc_order else None
         # c of l_t = e_t + c; only with the envelope, so checkpoints without it keep their keys.
         self.level_offset = nn.Parameter(torch.tensor(float(envelope_offset))) if envelope else None
         self.stack = WaveNetStack(
@@ -108,7 +143,7 @@ class WaveNet(nn.Module):
             residual_channels=residual_channels,
             gate_channels=gate_channels,
             skip_channels=skip_channels,
-            cond_channels=self.conditioner.out_channels,
+            cond_channels=self.conditioner.out_channels - self.conditioner.leading_channels,
             causal=True,
             input_kernel_size=2,
         )
@@ -141,30 +176,51 @@ class WaveNet(nn.Module):
 
     def log_level(self, cond: Tensor) -> Tensor | None:
         """l = e + c (B, 1, T), the log level the stack's signal is normalised by, from a `cond`
-        this model built (None: no envelope)."""
+        this model built (None: no envelope); with `lpc_order`, e is the LPC's log gain."""
+        return self.envelope_of(cond)[0]
+
+    def envelope_of(self, cond: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """The log level l (B, 1, T) or None, and the LPC coefficients per frame (B, F, p) or
+        None (without `lpc_order`), of a `cond` this model built (whole frames)."""
         if self.level_offset is None:
-            return None
-        channel = self.conditioner.envelope_channel % cond.shape[1]
-        return cond[:, channel : channel + 1] + self.level_offset
+            return None, None
+        if self.lpc is None:
+            channel = self.conditioner.envelope_channel % cond.shape[1]
+            return cond[:, channel : channel + 1] + self.level_offset, None
+        packed = cond[:, : self.conditioner.leading_channels]
+        mels = unpack_mels(packed, self.lpc.n_mels, self.lpc.hop)
+        coefficients, log_gain = self.lpc.frames(mels)
+        return self.lpc.per_sample(log_gain[..., None]) + self.level_offset, coefficients
+
+    def stack_cond(self, cond: Tensor) -> Tensor:
+        """The channels of `cond` the stack reads (all but the packed mel of `lpc_order`)."""
+        return cond[:, self.conditioner.leading_channels :]
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         """Teacher-forced distribution parameters of every x_t: (B, 1, T) -> (B, P, T)."""
-        level = self.log_level(cond)
-        inputs = x if level is None else x * torch.exp(-level)  # y_t = x_t exp(-l_t)
+        level, coefficients = self.envelope_of(cond)
+        prediction = None
+        if coefficients is not None:
+            prediction = self.lpc.predict(x, self.lpc.per_sample(coefficients))
+        residual = x if prediction is None else x - prediction
+        inputs = residual if level is None else residual * torch.exp(-level)  # y = x exp(-l)
         if self.training and self.input_noise:
             inputs = inputs + self.input_noise * torch.randn_like(inputs)
         shifted = F.pad(inputs, (1, -1))  # y_{t-1} at position t; zero before the start
-        return self.head_params(self.stack(shifted, cond), cond)
+        stack_out = self.stack(shifted, self.stack_cond(cond))
+        params = self.head_params(stack_out, self.conditioner.excitation(cond), level)
+        return params if prediction is None else self.head.shift_location(params, prediction)
 
-    def head_params(self, stack_out: Tensor, cond: Tensor) -> Tensor:
-        """The head's x-space parameters (B, P, T) from the stack's output (B, P + 2K, T): with
-        pitch, the predicted amplitudes times the excitation move the location; with the
-        envelope, the result (in y units) is scaled by exp(l_t) (`head.scale`)."""
-        excitation = self.conditioner.excitation(cond)
+    def head_params(
+        self, stack_out: Tensor, excitation: Tensor | None, level: Tensor | None
+    ) -> Tensor:
+        """The head's parameters (B, P, T) from the stack's output (B, P + 2K, T): with pitch,
+        the predicted amplitudes times the excitation (B, 2K, T) move the location; with the
+        envelope, the result (in y units) is scaled by exp(l_t), level l (B, 1, T)
+        (`head.scale`). x units but for the LPC's prediction, which `forward` adds."""
         params = stack_out
         if excitation is not None:
             params = shift_by_excitation(self.head, stack_out, excitation)
-        level = self.log_level(cond)
         return params if level is None else self.head.scale(params, level)
 
     def log_prob_per_step(self, x: Tensor, cond: Tensor) -> Tensor:
@@ -250,10 +306,10 @@ class WaveNet(nn.Module):
             raise ValueError(
                 f"unknown generation method '{method}': use one of {GENERATION_METHODS}"
             )
-        cached = self.incremental(weight_dtype)
-        level = self.log_level(cond)
-        chunk = cached.generate_chunk(
-            cond,
+        self._check_frames(cond, state)
+        level, coefficients = self.envelope_of(cond)
+        chunk = self.incremental(weight_dtype).generate_chunk(
+            self.stack_cond(cond),
             self.head,
             noise,
             state,
@@ -262,29 +318,58 @@ class WaveNet(nn.Module):
             excitation=self.conditioner.excitation(cond),
             log_level=None if level is None else level[:, 0],  # (B, 1, T) -> (B, T)
         )
-        return chunk.x, chunk.state
+        if coefficients is None:
+            return chunk.x, chunk.state
+        # The kernel drew the scaled excitations x_t - pred_t; the recursion adds pred_t.
+        history = None if state is None else state.history
+        x, history = self.lpc.synthesize(chunk.x[:, 0], coefficients, history, lengths)
+        return x[:, None].clamp(-1, 1), replace(chunk.state, history=history)
+
+    def _check_frames(self, cond: Tensor, state: GenerationState | None) -> None:
+        """With `lpc_order`, generation reads whole frames: a chunk of cond must start on a
+        frame boundary and hold whole frames."""
+        hop = self.conditioner.hop_length
+        if self.lpc is None:
+            return
+        if cond.shape[-1] % hop or (state is not None and int(state.position[0]) % hop):
+            raise ValueError(
+                f"a teacher with lpc_order generates whole frames: give cond in multiples of "
+                f"the hop ({hop} samples), continuing from a state at a frame boundary"
+            )
 
     def _generate_naive(
         self, cond: Tensor, noise: Tensor, temperature: float, lengths: Tensor
     ) -> Tensor:
-        """At each step run the whole stack over the last `receptive_field` inputs."""
+        """At each step run the whole stack over the last `receptive_field` inputs; with
+        `lpc_order`, add the prediction from the samples so far, one step at a time."""
+        self._check_frames(cond, None)
         batch, _, length = cond.shape
         window = self.receptive_field
-        level = self.log_level(cond)
+        level, coefficients = self.envelope_of(cond)
+        excitation, stack_cond = self.conditioner.excitation(cond), self.stack_cond(cond)
+        order = 0 if self.lpc is None else self.lpc.order
+        predictors = None if coefficients is None else self.lpc.per_sample(coefficients)
         shifted = cond.new_zeros(batch, 1, length + 1)  # shifted[t] = y_{t-1} (x without level)
-        x = cond.new_zeros(batch, 1, length)
+        x = cond.new_zeros(batch, 1, length + order)  # x_t at column t + order
         for t in range(int(lengths.max())):
             start = max(0, t + 1 - window)
-            window_cond = cond[:, :, start : t + 1]
-            stack_out = self.stack(shifted[:, :, start : t + 1], window_cond)
-            params = self.head_params(stack_out, window_cond)
-            params = params[..., -1:]
-            x_t = self.head.sample(params, noise[:, :, t : t + 1], temperature)
-            x[:, :, t : t + 1] = x_t
+            stack_out = self.stack(shifted[:, :, start : t + 1], stack_cond[:, :, start : t + 1])
+            params = self.head_params(
+                stack_out[..., -1:],
+                None if excitation is None else excitation[:, :, t : t + 1],
+                None if level is None else level[:, :, t : t + 1],
+            )
+            residual = self.head.sample(params, noise[:, :, t : t + 1], temperature)
+            x_t = residual
+            if predictors is not None:  # pred_t = sum_k a_k(t) x_{t-k}
+                past = x[:, 0, t : t + order].flip(-1)  # x_{t-1} .. x_{t-p}
+                x_t = residual + (predictors[:, :, t] * past).sum(-1)[:, None, None]
+            x[:, :, t + order : t + order + 1] = x_t
             if level is not None:
-                x_t = x_t * torch.exp(-level[:, :, t : t + 1])  # the stack reads y_t
-            shifted[:, :, t + 1 : t + 2] = x_t
+                residual = residual * torch.exp(-level[:, :, t : t + 1])  # the stack reads y_t
+            shifted[:, :, t + 1 : t + 2] = residual
         alive = (
             torch.arange(length, device=x.device)[None, None] < lengths.to(x.device)[:, None, None]
         )
-        return x * alive
+        x = x[..., order:] * alive
+        return x if predictors is None else x.clamp(-1, 1)

@@ -194,6 +194,9 @@ class TeacherConfig:
         input_noise: std of the noise on the stack's input in training (`WaveNet`; 0: none).
         align_phase: train with the F0 excitation in phase with the real audio's fundamental
             (`WaveNet`, `aligned_phase`).
+        lpc_order: taps of the linear prediction from the mel's envelope added to the location
+            (`WaveNet`, LPCNet's split: the stack models the excitation; 0: none). Needs
+            `envelope`; set `envelope_offset = 0` with it (the LPC gain is calibrated).
     """
 
     n_layers: int = 24
@@ -210,11 +213,14 @@ class TeacherConfig:
     envelope_offset: float = -2.7
     input_noise: float = 0.0
     align_phase: bool = False
+    lpc_order: int = 0
 
     def __post_init__(self) -> None:
         require(
             "teacher",
             [
+                (self.lpc_order >= 0, "lpc_order must be >= 0"),
+                (not self.lpc_order or self.envelope, "lpc_order needs envelope = true"),
                 (self.output in ("gaussian", "mol"), "output must be 'gaussian' or 'mol'"),
                 (self.n_layers % self.n_cycles == 0, "n_cycles must divide n_layers"),
                 (self.gate_channels % 2 == 0, "gate_channels must be even"),

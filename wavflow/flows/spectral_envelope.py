@@ -29,17 +29,14 @@ References:
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wavflow.audio import mel_filterbank
 from wavflow.config import FeatureConfig
 from wavflow.flows.base import Flow
 from wavflow.nn.conditioning import interpolate_frames, packed_channels, unpack_mels
 from wavflow.nn.precision import at_least_float32, full_precision
+from wavflow.nn.spectrum import band_interpolation, envelope_log_magnitude, noise_calibration
 
 
 def minimum_phase(log_magnitude: Tensor, n_fft: int, taps: int) -> Tensor:
@@ -74,53 +71,6 @@ def minimum_phase(log_magnitude: Tensor, n_fft: int, taps: int) -> Tensor:
     return torch.cat([torch.exp(cepstrum[..., :1]), response[..., 1:]], dim=-1)
 
 
-def _band_interpolation(features: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(n_freq, n_mels) weights that interpolate per-band log levels linearly in frequency
-    between band centres (held beyond the first and last), and the bands' log gains.
-
-    A flat magnitude A gives band b the mel value A * sum_f M[b, f]; subtracting the log of
-    that sum turns a log-mel into the log magnitude of the flat spectrum it would come from.
-    """
-    basis = mel_filterbank(
-        features.sample_rate,
-        features.n_fft,
-        features.n_mels,
-        features.fmin,
-        features.fmax,
-        features.mel_norm,
-    )
-    freqs = np.arange(basis.shape[1]) * features.sample_rate / features.n_fft
-    gain = basis.sum(axis=1)
-    # A band narrower than the bin spacing can be empty (few bins, many bands): it says
-    # nothing about the spectrum, so the interpolation skips it.
-    used = np.flatnonzero(gain > 0)
-    centres = (basis[used] * freqs).sum(axis=1) / gain[used]
-    weights = np.zeros((len(freqs), len(gain)))
-    if len(used) == 1:
-        weights[:, used[0]] = 1.0
-        return weights, np.log(np.where(gain > 0, gain, 1.0))
-    upper = np.clip(np.searchsorted(centres, freqs), 1, len(used) - 1)
-    gap = centres[upper] - centres[upper - 1]  # 0 where two bands share their only bin
-    fraction = np.clip((freqs - centres[upper - 1]) / np.where(gap > 0, gap, 1.0), 0, 1)
-    rows = np.arange(len(freqs))
-    weights[rows, used[upper - 1]] = 1 - fraction
-    weights[rows, used[upper]] += fraction
-    return weights, np.log(np.where(gain > 0, gain, 1.0))
-
-
-def _calibration(features: FeatureConfig) -> np.ndarray:
-    """Per-bin log gain from a mel's magnitude to the filter that makes unit white noise
-    have that magnitude: the STFT of unit noise has E|X| = sqrt(pi / 4 * sum w^2) (Rayleigh);
-    with pre-emphasis the mel saw x filtered by 1 - a e^{-iw}, which the filter must undo."""
-    window = np.hanning(features.win_length + 1)[:-1]
-    if features.window == "hamming":
-        window = np.hamming(features.win_length + 1)[:-1]
-    offset = 0.5 * math.log(math.pi / 4 * float((window**2).sum()))
-    omega = np.pi * np.arange(features.n_fft // 2 + 1) / (features.n_fft // 2)
-    emphasis = np.abs(1 - features.preemphasis * np.exp(-1j * omega))
-    return -offset - np.log(np.maximum(emphasis, 1e-2))
-
-
 class SpectralEnvelope(Flow):
     """x = g * (h_t * y): the minimum-phase filter of the mel's spectral envelope (see module).
 
@@ -151,7 +101,7 @@ class SpectralEnvelope(Flow):
             raise ValueError(f"taps must be in [1, n_fft = {features.n_fft}], got {taps}")
         if features.hop_length % 2:
             raise ValueError(f"SpectralEnvelope needs an even hop, got {features.hop_length}")
-        weights, band_gain = _band_interpolation(features)
+        weights, band_gain = band_interpolation(features)
         self.n_fft, self.taps, self.hop = features.n_fft, taps, features.hop_length
         self.n_mels, self.packed_channel = features.n_mels, packed_channel
         self.packed_channels = packed_channels(features.n_mels, features.hop_length)
@@ -159,16 +109,16 @@ class SpectralEnvelope(Flow):
         self.fft_size = 1 << (2 * self.hop + taps - 2).bit_length()  # >= a frame's segment
         self.register_buffer("interpolation", torch.tensor(weights, dtype=torch.float32))
         self.register_buffer("band_gain", torch.tensor(band_gain, dtype=torch.float32))
-        calibration = torch.tensor(_calibration(features), dtype=torch.float32)
+        calibration = torch.tensor(noise_calibration(features), dtype=torch.float32)
         self.register_buffer("calibration", calibration)
         self.log_gain = nn.Parameter(torch.tensor(float(init_log_gain)))
 
     def filters(self, cond: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """(B, C, F * hop) cond -> (B, F, taps) impulse responses in `dtype`, gain g included."""
-        mels = self._mels(cond).to(dtype)
-        levels = mels - self.band_gain.to(dtype)[:, None]  # (B, n_mels, F)
-        log_magnitude = torch.einsum("fb,nbj->njf", self.interpolation.to(dtype), levels)
-        responses = minimum_phase(log_magnitude + self.calibration.to(dtype), self.n_fft, self.taps)
+        log_magnitude = envelope_log_magnitude(
+            self._mels(cond).to(dtype), self.interpolation, self.band_gain, self.calibration
+        )
+        responses = minimum_phase(log_magnitude, self.n_fft, self.taps)
         return responses * torch.exp(self.log_gain.to(dtype))
 
     def _mels(self, cond: Tensor) -> Tensor:

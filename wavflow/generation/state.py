@@ -32,11 +32,15 @@ class GenerationState:
         inputs: (B, K_in) the stack's last K_in inputs x_{p - K_in} .. x_{p - 1} (y units for a
             teacher with the envelope), zero before the utterance starts.
         position: (B,) long, on the CPU: steps generated so far per row (p).
+        history: (B, order) float64, the last samples x_{p - order} .. x_{p - 1}, for a
+            teacher whose location adds a linear prediction from them (`WaveNet` with
+            `lpc_order`); None otherwise.
     """
 
     rings: list[Tensor]
     inputs: Tensor
     position: Tensor
+    history: Tensor | None = None
 
     @classmethod
     def zeros(
@@ -66,7 +70,10 @@ class GenerationState:
     def clone(self) -> GenerationState:
         """An independent copy (generation never modifies the state it is given)."""
         return GenerationState(
-            [ring.clone() for ring in self.rings], self.inputs.clone(), self.position.clone()
+            [ring.clone() for ring in self.rings],
+            self.inputs.clone(),
+            self.position.clone(),
+            None if self.history is None else self.history.clone(),
         )
 
     def select(self, rows: Tensor) -> GenerationState:
@@ -76,14 +83,17 @@ class GenerationState:
             [ring.index_select(0, device_rows) for ring in self.rings],
             self.inputs.index_select(0, device_rows),
             self.position.index_select(0, rows.cpu()),
+            None if self.history is None else self.history.index_select(0, device_rows),
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> GenerationState:
-        """The rings and inputs on `device` in `dtype` (positions stay on the CPU)."""
+        """The rings and inputs on `device` in `dtype` (positions stay on the CPU, the history
+        in float64)."""
         return GenerationState(
             [ring.to(device, dtype) for ring in self.rings],
             self.inputs.to(device, dtype),
             self.position,
+            None if self.history is None else self.history.to(device),
         )
 
     def push(self, x: Tensor) -> GenerationState:
