@@ -366,3 +366,19 @@ def test_lpc_needs_the_envelope():
         tiny_teacher("gaussian", lpc_order=4, features=LPC_FEATURES)
     with pytest.raises(RecipeError, match=r"\[teacher\] lpc_order needs envelope"):
         load_recipe(None, ["teacher.lpc_order=16"])
+
+
+def test_lpc_teacher_trains_every_parameter():
+    """A likelihood step reaches every parameter (the conditioning's upsampler included, whose
+    output shares `cond` with the packed mel the fit reads), but the F0 predictor, which its own
+    loss trains."""
+    model = lpc_teacher("gaussian", True, head_std=0.1).train()
+    feats = torch.randn(2, 8, 6, dtype=torch.float64) - 12
+    x = 0.01 * torch.randn(2, 1, 24, dtype=torch.float64)
+    (-model.log_prob(x, envelope_cond(model, feats)).sum()).backward()
+    missing = [
+        name
+        for name, p in model.named_parameters()
+        if p.grad is None and not name.startswith("conditioner.f0_predictor")
+    ]
+    assert not missing, missing

@@ -187,7 +187,8 @@ class WaveNet(nn.Module):
         if self.lpc is None:
             channel = self.conditioner.envelope_channel % cond.shape[1]
             return cond[:, channel : channel + 1] + self.level_offset, None
-        packed = cond[:, : self.conditioner.leading_channels]
+        # The packed mel is data (no parameter feeds it): no gradient to carry through the fit.
+        packed = cond[:, : self.conditioner.leading_channels].detach()
         mels = unpack_mels(packed, self.lpc.n_mels, self.lpc.hop)
         coefficients, log_gain = self.lpc.frames(mels)
         return self.lpc.per_sample(log_gain[..., None]) + self.level_offset, coefficients

@@ -42,14 +42,14 @@ def levinson(autocorrelation: Tensor, order: int) -> tuple[Tensor, Tensor]:
     synthesis filter 1 / (1 - sum_k a_k z^-k) is stable.
     """
     error = autocorrelation[..., 0]
-    coefficients = autocorrelation.new_zeros(*autocorrelation.shape[:-1], order)
+    coefficients = autocorrelation[..., :0]  # (..., 0), grown by one lag per order
     for i in range(order):
         lags = autocorrelation[..., 1 : i + 1].flip(-1)  # r_i .. r_1
-        residual = autocorrelation[..., i + 1] - (coefficients[..., :i] * lags).sum(-1)
+        residual = autocorrelation[..., i + 1] - (coefficients * lags).sum(-1)
         reflection = residual / error
-        previous = coefficients[..., :i].clone()
-        coefficients[..., :i] = previous - reflection[..., None] * previous.flip(-1)
-        coefficients[..., i] = reflection
+        # Out of place, so that gradients can flow to the autocorrelation.
+        updated = coefficients - reflection[..., None] * coefficients.flip(-1)
+        coefficients = torch.cat([updated, reflection[..., None]], dim=-1)
         error = error * (1 - reflection**2)
     return coefficients, error
 
