@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from wavflow.bench_report import markdown_table, plot_benchmark
 from wavflow.config import FeatureConfig, OptionError, TeacherConfig
 from wavflow.flows import STUDENTS, build_student
+from wavflow.metrics import log_mel_distance
 from wavflow.nn.conv import remove_weight_norm
 from wavflow.teacher import WaveNet
 from wavflow.timing import NaiveSteps, PeakMemory, machine_ceiling, time_call, time_naive_steps
@@ -359,8 +360,6 @@ def _measure_lengths(
             if dtype_name == "fp32" and runtime == "pytorch":
                 reference[key] = output.float()
             elif key in reference:
-                from wavflow.evaluation import log_mel_distance
-
                 row.quality_log_mel_db_vs_fp32 = log_mel_distance(
                     output.float(), reference[key], BENCH_FEATURES
                 )
