@@ -40,15 +40,17 @@ def markdown_table(result: dict) -> str:
 
 def plot_benchmark(result: dict, path: Path) -> None:
     """bench.png: time against audio length per method (log-log, batch 1, first dtype), and
-    samples/s against batch size (longest length)."""
-    import matplotlib
+    samples/s against batch size (longest length).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A bare `Figure` rendered by its own Agg canvas, not pyplot's: the application's matplotlib
+    backend is left as it was, and nothing stays registered with pyplot.
+    """
+    from matplotlib.figure import Figure
 
     rows = result["rows"]
     dtype = result["settings"]["dtypes"][0]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure = Figure(figsize=(12, 4.5))
+    left, right = figure.subplots(1, 2)
     for method, runtime in dict.fromkeys((r["method"], r.get("runtime", "pytorch")) for r in rows):
         ours = [
             r
@@ -95,4 +97,3 @@ def plot_benchmark(result: dict, path: Path) -> None:
         axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
