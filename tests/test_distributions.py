@@ -8,7 +8,7 @@ import pytest
 import torch
 from factories import tiny_teacher
 
-from wavflow.distributions import GaussianOutput, LogisticMixtureOutput
+from wavflow.distributions import GaussianOutput, LogisticMixtureOutput, build_output
 from wavflow.generation import IncrementalWaveNet, load_kernel
 
 FLOORS = (-7.0, -14.0)
@@ -240,3 +240,9 @@ def test_cpp_and_eager_sampling_agree_at_low_floor(output: str) -> None:
     (x, params), (x_ref, _) = samples["cpp"], samples["eager"]
     torch.testing.assert_close(x, x_ref, rtol=0, atol=2e-5)
     torch.testing.assert_close(x, teacher.head.sample(params, noise), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("output", ["gaussian", "mol"])
+def test_a_head_is_named_by_its_teacher_output(output: str) -> None:
+    """Consumers (the KL estimator's choice) ask a head's name, never its type."""
+    assert build_output(output, n_mixtures=2, log_scale_min=-7.0).name == output

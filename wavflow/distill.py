@@ -42,7 +42,6 @@ from torch import Tensor, nn
 
 from wavflow.audio import log_mel, stft_magnitude
 from wavflow.config import DistillConfig, FeatureConfig, RecipeError
-from wavflow.distributions import GaussianOutput
 from wavflow.teacher import WaveNet
 
 HALF_LOG_TWO_PI_E = 0.5 * math.log(2 * math.pi * math.e)
@@ -221,9 +220,7 @@ def choose_estimator(student: nn.Module, teacher: WaveNet, requested: str) -> st
         ValueError: naming the estimator and why it does not apply.
     """
     is_iaf = student.capabilities.location_scale
-    gaussian_pair = (
-        is_iaf and student.base.name == "gaussian" and isinstance(teacher.head, GaussianOutput)
-    )
+    gaussian_pair = is_iaf and student.base.name == "gaussian" and teacher.head.name == "gaussian"
     if requested == "auto":
         return "closed_form" if gaussian_pair else "per_step" if is_iaf else "sample"
     if requested == "closed_form" and not gaussian_pair:

@@ -47,6 +47,8 @@ class GaussianOutput:
     Floors down to about -14 (scale 8e-7) stay finite and accurate in float32.
     """
 
+    name = "gaussian"  # its `[teacher] output` name, which consumers ask instead of its type
+
     def __init__(self, log_scale_min: float = -7.0) -> None:
         self.log_scale_min = log_scale_min
         self.n_params = 2
@@ -123,6 +125,8 @@ class LogisticMixtureOutput:
     log(1e-14) for 16-bit audio) stays finite and accurate in float32. The inputs' own float32
     rounding remains: near +-1 it is 6e-8, 7% of a scale at that floor.
     """
+
+    name = "mol"  # its `[teacher] output` name, which consumers ask instead of its type
 
     def __init__(self, n_mixtures: int = 10, log_scale_min: float = -7.0, n_bins: int = 65536):
         self.n_mixtures, self.log_scale_min, self.n_bins = n_mixtures, log_scale_min, n_bins
