@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -38,20 +39,29 @@ def test_synthesis_and_evaluation_leave_training_and_pyplot_alone() -> None:
     assert result.stdout.strip() == "[]"
 
 
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel of the checkout, built once for this module's tests."""
+    wheels = tmp_path_factory.mktemp("wheels")
+    subprocess.run(
+        [*PIP, "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
+        check=True,
+        cwd=wheels,
+    )
+    (built,) = wheels.glob("wavflow-*.whl")
+    return built
+
+
 @pytest.mark.slow
-def test_a_wheel_installed_outside_the_checkout_runs_the_demo(tmp_path: Path) -> None:
+def test_a_wheel_installed_outside_the_checkout_runs_the_demo(tmp_path: Path, wheel: Path) -> None:
     """Build a wheel, install it (without dependencies: they come from this environment) into a
     folder outside the checkout, and run `wavflow demo` from there on a tiny budget: its
     default recipe and the kernel's source must come from the installed package."""
-    wheels, site = tmp_path / "wheels", tmp_path / "site"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run(
-        [*pip, "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
-        check=True,
-        cwd=tmp_path,
-    )
-    (wheel,) = wheels.glob("wavflow-*.whl")
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    site = tmp_path / "site"
+    subprocess.run([*PIP, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
     env = os.environ | {"PYTHONPATH": str(site), "WAVFLOW_CACHE_DIR": str(tmp_path / "kernels")}
     where = subprocess.run(
         [sys.executable, "-c", "import wavflow; print(wavflow.__file__)"],
@@ -67,4 +77,55 @@ def test_a_wheel_installed_outside_the_checkout_runs_the_demo(tmp_path: Path) ->
     subprocess.run([*command, *overrides], check=True, cwd=tmp_path, env=env, timeout=1200)
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "| iaf |" in report and "| teacher |" in report
+    assert list((tmp_path / "kernels").glob("wavflow_step_*.so"))  # built from the wheel's source
+
+
+@pytest.mark.slow
+def test_a_wheel_in_a_fresh_venv_runs_corpus_train_teacher_and_synthesize(
+    tmp_path: Path, wheel: Path
+) -> None:
+    """The wheel installed into a fresh venv outside the checkout, its `wavflow` entry point run
+    as a user would: write a corpus, prepare it, train the tiny teacher from the recipe the
+    wheel ships, and synthesise with its checkpoint.
+
+    The venv has no network, so it reads the dependencies from this environment's
+    site-packages through a path file, written after the install so that pip sees an empty
+    venv. A path listed there is only appended to sys.path (its own .pth files, this
+    checkout's editable install among them, are not run), so `wavflow` resolves to the wheel.
+    """
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([*PIP, "--python", str(python), "install", "--no-deps", str(wheel)], check=True)
+    (fresh_site,) = (venv / "lib").glob("python*/site-packages")
+    (fresh_site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+    } | {"WAVFLOW_CACHE_DIR": str(tmp_path / "kernels")}
+
+    def run(*command: str) -> str:
+        result = subprocess.run(
+            command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    where = run(str(python), "-c", "import wavflow; print(wavflow.__file__)")
+    assert Path(where.strip()).is_relative_to(fresh_site)
+    shipped = run(str(python), "-c", "from wavflow import demo; print(demo.DEFAULT_RECIPE)")
+    recipe = Path(shipped.strip()).with_name("tiny_teacher.toml")
+    assert recipe.is_relative_to(fresh_site) and recipe.is_file()
+    wavflow = str(venv / "bin" / "wavflow")
+    run(wavflow, "corpus", "corpus", "--minutes", "0.3", "--speakers", "2", "--seed", "1")
+    run(wavflow, "prepare", "--recipe", str(recipe), "corpus", "prepared", "--quiet")
+    short = ("train.steps=4", "train.eval_every=4", "train.checkpoint_every=4")
+    overrides = [arg for item in short for arg in ("--set", item)]
+    folders = ("--data", "prepared", "--out", "run", "--quiet")
+    run(wavflow, "train-teacher", "--recipe", str(recipe), *overrides, *folders)
+    checkpoint = tmp_path / "run" / "ckpt_00000004.pt"
+    (audio, *_) = sorted((tmp_path / "corpus").rglob("*.wav"))
+    run(wavflow, "synthesize", "--checkpoint", str(checkpoint), "--out", "audio", str(audio))
+    assert [p.name for p in (tmp_path / "audio").glob("*.wav")] == [audio.name]
     assert list((tmp_path / "kernels").glob("wavflow_step_*.so"))  # built from the wheel's source
