@@ -15,6 +15,7 @@ from wavflow.benchmark import (
     run_benchmark,
     time_naive_steps,
 )
+from wavflow.cli import main
 from wavflow.flows import STUDENTS
 
 TINY_TEACHER = {
@@ -83,3 +84,15 @@ def test_naive_timing_covers_the_receptive_field():
 
 def test_quick_benchmark_has_every_student():
     assert set(STUDENTS) <= set(QUICK.methods)
+
+
+def test_bench_stream_command_reports_first_chunk_latency(tmp_path, capsys):
+    """`wavflow bench --stream` prints and writes the first audio's latency and the streaming
+    RTF for each chunk size."""
+    argv = ["bench", "--out", str(tmp_path), "--quick", "--stream", "--methods", "iaf"]
+    options = ["--lengths", "0.05", "--stream-chunks", "1,0.02s", "--repeats", "1"]
+    assert main([*argv, *options]) == 0
+    assert "| first audio (ms of compute) | RTF |" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "stream.json").read_text())["rows"]
+    assert [row["chunk_frames"] for row in rows] == [1, 2]
+    assert all(row["first_chunk_s"] > 0 and row["real_time_factor"] > 0 for row in rows)
