@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 import torch
+from factories import WITH_SPEAKERS, student_checkpoint
 
 from wavflow.checkpoint import (
     CheckpointError,
@@ -16,6 +19,7 @@ from wavflow.checkpoint import (
     load_teacher,
     save_checkpoint,
 )
+from wavflow.cli import main
 from wavflow.config import Recipe, load_recipe
 from wavflow.synthesis import SynthesisOptions, speaker_id, vocode
 
@@ -70,3 +74,21 @@ def test_a_teacher_of_other_speakers_is_refused(recipe: Recipe, tmp_path: Path) 
     with pytest.raises(CheckpointError, match=r"trained on speakers \['ann', 'bob', 'cy'\]"):
         load_teacher(path, recipe.features, ["ann", "cy", "bob"])
     load_teacher(path, recipe.features)  # no data to compare with: not checked
+
+
+def test_synthesize_takes_the_speaker_by_name(tmp_path: Path, capsys) -> None:
+    """`wavflow synthesize --speaker NAME` on a multi-speaker student: each name its own voice,
+    and without a name the error lists the speakers."""
+    _, _, checkpoint = student_checkpoint(
+        "iaf", tmp_path, std=0.1, speakers=SPEAKERS, overrides=WITH_SPEAKERS
+    )
+    mel = tmp_path / "mel.npy"
+    np.save(mel, np.random.default_rng(0).normal(-6, 1, (20, 8)).astype(np.float32))
+    command = ["synthesize", "--checkpoint", checkpoint, str(mel), "--quiet"]
+    audio = {}
+    for name in ("bob", "cy"):
+        assert main([*command, "--out", str(tmp_path / name), "--speaker", name]) == 0
+        audio[name], _ = soundfile.read(tmp_path / name / "mel.wav")
+    assert audio["bob"].shape == (8 * 64,) and np.abs(audio["bob"] - audio["cy"]).max() > 1e-3
+    assert main([*command, "--out", str(tmp_path / "none")]) == 2
+    assert "pass one of ann, bob, cy" in capsys.readouterr().err
