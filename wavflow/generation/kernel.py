@@ -1,7 +1,7 @@
 """The C++ step kernel: build, load, ABI check, weight packing and one call per `generate`.
 
-The source is `wavflow/csrc/wavenet_step.cpp`, shipped as package data. It is compiled on first
-use with the system C++ compiler ($CXX, default c++; ~4 s) into `kernel_cache_dir()`
+The source is `wavflow/csrc/wavenet_step.cpp` with the vector GEMM header it includes
+(`vector_gemm.h`), shipped as package data. It is compiled on first use with the system C++ compiler ($CXX, default c++; ~4 s) into `kernel_cache_dir()`
 (~/.cache/wavflow/kernels, or $WAVFLOW_CACHE_DIR) and loaded with ctypes, so it needs no PyTorch
 headers. The library reports its ABI version and the sizes of its structs (`wavflow_abi`); a
 library whose layout differs from the ctypes mirrors below is refused, since a mismatch would
@@ -101,9 +101,19 @@ _KERNEL: ctypes.CDLL | None = None
 _KERNEL_ERROR: str | None = None
 
 
+KERNEL_FILES = ("wavenet_step.cpp", "vector_gemm.h")  # the translation unit, then its header
+
+
 def kernel_source() -> str:
-    """The C++ source shipped in the package (wavflow/csrc/wavenet_step.cpp)."""
-    return resources.files("wavflow").joinpath("csrc", "wavenet_step.cpp").read_text()
+    """The C++ step loop shipped in the package (wavflow/csrc/wavenet_step.cpp)."""
+    return kernel_sources()["wavenet_step.cpp"]
+
+
+def kernel_sources() -> dict[str, str]:
+    """Every file of the kernel shipped in wavflow/csrc, by name: the step loop and the vector
+    GEMM header it includes."""
+    folder = resources.files("wavflow").joinpath("csrc")
+    return {name: folder.joinpath(name).read_text() for name in KERNEL_FILES}
 
 
 def kernel_cache_dir() -> Path:
@@ -181,21 +191,22 @@ def _build_and_load() -> ctypes.CDLL:
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler '{compiler}' on PATH")
-    source_text = kernel_source()
+    sources = kernel_sources()
     flag_sets = (["-march=native"], [])  # the second for compilers/CPUs without -march=native
     common = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno"]
     errors = []
     for arch in flag_sets:
         flags = common + arch
         key = hashlib.sha256(
-            "\n".join([source_text, compiler, *flags, _cpu_signature()]).encode()
+            "\n".join([*sources.values(), compiler, *flags, _cpu_signature()]).encode()
         ).hexdigest()[:16]
         library = kernel_cache_dir() / f"wavflow_step_{key}.so"
         if not library.exists():
             library.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=library.parent) as build:
-                source = Path(build) / "wavenet_step.cpp"
-                source.write_text(source_text)
+                for name, text in sources.items():  # the header beside the source it includes
+                    (Path(build) / name).write_text(text)
+                source = Path(build) / KERNEL_FILES[0]
                 built = Path(build) / library.name
                 result = subprocess.run(
                     [compiler, *flags, str(source), "-o", str(built)],
