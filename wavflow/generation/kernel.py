@@ -1,8 +1,9 @@
 """The C++ step kernel: build, load, ABI check, weight packing and one call per `generate`.
 
 The source is `wavflow/csrc/wavenet_step.cpp` with the vector GEMM header it includes
-(`vector_gemm.h`), shipped as package data. It is compiled on first use with the system C++ compiler ($CXX, default c++; ~4 s) into `kernel_cache_dir()`
-(~/.cache/wavflow/kernels, or $WAVFLOW_CACHE_DIR) and loaded with ctypes, so it needs no PyTorch
+(`vector_gemm.h`), shipped as package data. It is compiled on first use with the system C++
+compiler ($CXX, default c++; ~4 s) into `kernel_cache_dir()` (~/.cache/wavflow/kernels, or
+$WAVFLOW_CACHE_DIR) and loaded with ctypes, so it needs no PyTorch
 headers. The library reports its ABI version and the sizes of its structs (`wavflow_abi`); a
 library whose layout differs from the ctypes mirrors below is refused, since a mismatch would
 corrupt memory silently. If the compiler is missing or the build, load or check fails,
