@@ -209,16 +209,26 @@ class WaveNet(nn.Module):
             inputs = inputs + self.input_noise * torch.randn_like(inputs)
         shifted = F.pad(inputs, (1, -1))  # y_{t-1} at position t; zero before the start
         stack_out = self.stack(shifted, self.stack_cond(cond))
-        params = self.head_params(stack_out, self.conditioner.excitation(cond), level)
+        params = self._params(stack_out, self.conditioner.excitation(cond), level)
         return params if prediction is None else self.head.shift_location(params, prediction)
 
-    def head_params(
-        self, stack_out: Tensor, excitation: Tensor | None, level: Tensor | None
-    ) -> Tensor:
-        """The head's parameters (B, P, T) from the stack's output (B, P + 2K, T): with pitch,
-        the predicted amplitudes times the excitation (B, 2K, T) move the location; with the
-        envelope, the result (in y units) is scaled by exp(l_t), level l (B, 1, T)
-        (`head.scale`). x units but for the LPC's prediction, which `forward` adds."""
+    def head_params(self, stack_out: Tensor, cond: Tensor) -> Tensor:
+        """The head's x-space parameters (B, P, T) from the stack's output (B, P + 2K, T) and the
+        `cond` (B, C, T) of the same steps, for a step-by-step caller (`IncrementalWaveNet.step`):
+        with pitch, the predicted amplitudes times the excitation move the location; with the
+        envelope, the result (in y units) is scaled by exp(l_t).
+
+        Raises:
+            ValueError: with `lpc_order`, whose level and prediction need whole frames and the
+                past samples (`generate` handles both).
+        """
+        if self.lpc is not None:
+            raise ValueError("a teacher with lpc_order maps whole frames: use generate")
+        return self._params(stack_out, self.conditioner.excitation(cond), self.log_level(cond))
+
+    def _params(self, stack_out: Tensor, excitation: Tensor | None, level: Tensor | None) -> Tensor:
+        """`head_params` from the excitation (B, 2K, T) and level (B, 1, T) themselves; x units
+        but for the LPC's prediction, which `forward` adds."""
         params = stack_out
         if excitation is not None:
             params = shift_by_excitation(self.head, stack_out, excitation)
@@ -355,7 +365,7 @@ class WaveNet(nn.Module):
         for t in range(int(lengths.max())):
             start = max(0, t + 1 - window)
             stack_out = self.stack(shifted[:, :, start : t + 1], stack_cond[:, :, start : t + 1])
-            params = self.head_params(
+            params = self._params(
                 stack_out[..., -1:],
                 None if excitation is None else excitation[:, :, t : t + 1],
                 None if level is None else level[:, :, t : t + 1],
