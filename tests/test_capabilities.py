@@ -91,3 +91,45 @@ def test_the_kl_estimator_follows_the_declared_location_scale() -> None:
     assert choose_estimator(tiny_student("waveglow"), teacher, "auto") == "sample"
     with pytest.raises(ValueError, match="per_step"):
         choose_estimator(tiny_student("squeezewave"), teacher, "per_step")
+
+
+@pytest.mark.parametrize("kind", ["teacher", "iaf", "waveglow", "flowavenet", "squeezewave"])
+def test_every_model_synthesizes_through_the_vocoder_interface(kind: str) -> None:
+    """`synthesize` gives each model's own sampling path for the same generator: the teacher's
+    cached generation, a student's parallel pass."""
+    model = (tiny_teacher("gaussian") if kind == "teacher" else tiny_student(kind)).eval()
+    feats = torch.randn(2, N_MELS, 8, generator=torch.Generator().manual_seed(3), dtype=DTYPE)
+    cond = model.condition(feats)
+    x, state = model.synthesize(cond, 0.8, torch.Generator().manual_seed(4))
+    assert x.shape == (2, 1, 8 * HOP) and torch.isfinite(x).all()
+    if kind == "teacher":
+        expected, _ = model.generate(cond, "cached", 0.8, torch.Generator().manual_seed(4))
+        assert state is not None and int(state.position[0]) == 8 * HOP
+    else:
+        expected = model.sample(cond, 0.8, torch.Generator().manual_seed(4))
+        assert state is None
+    assert torch.equal(x, expected)
+
+
+def test_the_teacher_synthesizes_on_from_its_state_and_a_student_refuses_one() -> None:
+    """Two calls, the second from the first's state, give one call's samples on the
+    concatenated noise."""
+    teacher = tiny_teacher("gaussian").eval()
+    cond = teacher.condition(
+        torch.randn(1, N_MELS, 8, generator=torch.Generator().manual_seed(5), dtype=DTYPE)
+    )
+    half = 4 * HOP
+    first, state = teacher.synthesize(cond[..., :half], 1.0, torch.Generator().manual_seed(6))
+    second, _ = teacher.synthesize(cond[..., half:], 1.0, torch.Generator().manual_seed(7), state)
+    noise = torch.cat(
+        [
+            teacher.head.draw_noise(1, half, torch.Generator().manual_seed(seed), "cpu")
+            for seed in (6, 7)
+        ],
+        dim=-1,
+    )
+    whole, _ = teacher.generate(cond, "cached", noise=noise)
+    assert torch.equal(torch.cat([first, second], dim=-1), whole)
+    student = tiny_student("iaf")
+    with pytest.raises(ValueError, match="keeps no generation state"):
+        student.synthesize(student.condition(torch.randn(1, N_MELS, 8, dtype=DTYPE)), state=state)

@@ -1,14 +1,18 @@
 """What a vocoder is, declared by the model: the one interface that consumers (synthesis,
 evaluation, distillation, export) ask instead of probing types or attributes.
 
-Both the teacher (`WaveNet`) and every student (`FlowModel`) offer `capabilities`, a
-`Capabilities` value. A consumer that needs to know something new about a model adds a field
-here and has each model declare it.
+Both the teacher (`WaveNet`) and every student (`FlowModel`) satisfy `Vocoder`: they declare
+`capabilities`, a `Capabilities` value, and synthesise through one call. A consumer that needs
+to know something new about a model adds a field here and has each model declare it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -45,3 +49,27 @@ class Capabilities:
     takes_pitch: bool
     n_speakers: int
     location_scale: bool
+
+
+class Vocoder(Protocol):
+    """What synthesis, evaluation, validation and the benchmark may call on any model."""
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    def condition(
+        self, feats: Tensor, speaker: Tensor | None = None, f0: Tensor | None = None
+    ) -> Tensor:
+        """Mels (B, n_mels, F), speaker ids (B,) and F0 (B, F) Hz -> the model's cond."""
+        ...
+
+    def synthesize(
+        self,
+        cond: Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        state: Any = None,
+    ) -> tuple[Tensor, Any]:
+        """Audio (B, 1, T) for `cond` and the state to continue from (None where the model
+        keeps none: a parallel student's chunks are exact from context, `wavflow.streaming`)."""
+        ...

@@ -336,6 +336,19 @@ class WaveNet(nn.Module):
         x, history = self.lpc.synthesize(chunk.x[:, 0], coefficients, history, lengths)
         return x[:, None].clamp(-1, 1), replace(chunk.state, history=history)
 
+    def synthesize(
+        self,
+        cond: Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        state: GenerationState | None = None,
+    ) -> tuple[Tensor, GenerationState]:
+        """`Vocoder.synthesize`: the cached sequential path, continuing from `state`; audio
+        (B, 1, T) and the state after it (see `generate` for the other options)."""
+        x, state = self.generate(cond, "cached", temperature, generator, state=state)
+        assert state is not None  # the cached method always returns one
+        return x, state
+
     def _check_frames(self, cond: Tensor, state: GenerationState | None) -> None:
         """With `lpc_order`, generation reads whole frames: a chunk of cond must start on a
         frame boundary and hold whole frames."""

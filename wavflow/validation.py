@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from wavflow import metrics
 from wavflow.audio import log_mel
+from wavflow.capabilities import Vocoder
 from wavflow.config import FeatureConfig, Recipe
 from wavflow.data import DataError, PreparedData, SegmentDataset
 from wavflow.distill import choose_estimator
@@ -24,21 +25,18 @@ from wavflow.teacher import WaveNet
 
 @torch.no_grad()
 def generate_audio(
-    model: nn.Module,
+    model: Vocoder,
     feats: Tensor,
     speaker: Tensor | None = None,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
-    method: str = "cached",
     f0: Tensor | None = None,
 ) -> Tensor:
     """Audio (B, 1, frames * hop) for mels (B, n_mels, frames) (and F0 (B, frames) Hz for
-    pitch-conditioned models): sequential for the teacher, one parallel pass for a student."""
-    cond = model.condition(feats, speaker, f0)
-    if model.capabilities.sequential:
-        x, _ = model.generate(cond, method=method, temperature=temperature, generator=generator)
-        return x
-    return model.sample(cond, temperature=temperature, generator=generator)
+    pitch-conditioned models), by the model's own `synthesize`: sequential for the teacher,
+    one parallel pass for a student."""
+    x, _ = model.synthesize(model.condition(feats, speaker, f0), temperature, generator)
+    return x
 
 
 def mel_figure(real: Tensor, fake: Tensor, features: FeatureConfig) -> Figure:

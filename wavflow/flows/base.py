@@ -310,6 +310,23 @@ class FlowModel(nn.Module):
         x, _ = self.flow(self.sample_noise(cond, temperature, generator), cond)
         return x
 
+    def synthesize(
+        self,
+        cond: Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        state: None = None,
+    ) -> tuple[Tensor, None]:
+        """`Vocoder.synthesize`: one parallel pass, (B, 1, T). A student keeps no generation
+        state (its chunks are exact from their context: `wavflow.streaming`), so `state` must
+        be None."""
+        if state is not None:
+            raise ValueError(
+                "a parallel student keeps no generation state: stream it with "
+                "wavflow.streaming.stream, which gives each chunk its context"
+            )
+        return self.sample(cond, temperature, generator), None
+
     def log_prob(self, x: Tensor, cond: Tensor) -> Tensor:
         """log q(x | cond) = log p(f^-1(x)) + log|det dz/dx|, (B, 1, T) -> (B,) total nats."""
         self._check_length(x.shape[-1])
