@@ -255,4 +255,6 @@ def test_a_batch_synthesised_in_groups_equals_one_pass(tmp_path):
     z = model.base.sample((3, 1, frames * 64), 1.0, torch.Generator().manual_seed(1))
     with torch.inference_mode():
         whole, _ = model.flow(z, model.condition(feats))
-    assert torch.equal(grouped, whole[:, 0])
+    # Equal up to float32 rounding: oneDNN picks its conv kernels by batch size, so a group of 2
+    # and one of 3 may round differently (5e-7 seen on an AMD EPYC; bit-equal on Intel Xeons).
+    torch.testing.assert_close(grouped, whole[:, 0], rtol=0.0, atol=1e-5)
