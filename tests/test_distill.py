@@ -216,3 +216,20 @@ def test_a_teacher_floor_scores_student_samples_with_the_raised_floor(estimator)
     assert abs(floored - exact_kl()) > 0.1  # the floor changed what is measured
     assert teacher.head.log_scale_min == -7.0
     assert floored_head(teacher.head, -9.0) is teacher.head  # a lower floor changes nothing
+
+
+def test_spectral_losses_alone_never_run_the_teacher_and_equal_the_distilled_ones() -> None:
+    """A weights table without the teacher's terms skips its pass; the spectral terms are the
+    ones computed beside the KL for the same student noise."""
+    cfg = DistillConfig(weights={"stft": 1.0}, skip_receptive_field=False)
+    teacher = constant_teacher()
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    torch.manual_seed(5)
+    spectral = DistillLoss(identity_student(), teacher, cfg)(_batch(length=1024))
+    assert calls == [] and set(spectral) == {"stft"}
+    both = DistillConfig(weights={"kl": 1.0, "stft": 1.0}, skip_receptive_field=False)
+    torch.manual_seed(5)
+    distilled = DistillLoss(identity_student(), teacher, both)(_batch(length=1024))
+    assert calls and set(distilled) == {"kl", "log_scale", "stft"}
+    torch.testing.assert_close(spectral["stft"], distilled["stft"])

@@ -45,6 +45,8 @@ from wavflow.config import DistillConfig, FeatureConfig, RecipeError
 from wavflow.teacher import WaveNet
 
 HALF_LOG_TWO_PI_E = 0.5 * math.log(2 * math.pi * math.e)
+# The weighted terms that score the student's sample by the teacher.
+TEACHER_TERMS = ("kl", "log_scale", "contrastive")
 
 
 def base_entropy(base: str, log_scale: Tensor) -> Tensor:
@@ -142,22 +144,32 @@ class DistillLoss(nn.Module):
         """batch: audio (B, 1, T), feats (B, n_mels, F), speaker (B,) -> {name: scalar}."""
         weights = self.cfg.weights
         feats, speaker, real, f0 = batch["feats"], batch["speaker"], batch["audio"], batch.get("f0")
+        student_cond = self.student.condition(feats, speaker, f0)
+        if not any(weights.get(name, 0) for name in TEACHER_TERMS):
+            # Spectral losses only: the teacher's pass would be computed for nothing.
+            x = self.student.rsample_and_log_prob(student_cond)[0]
+            return self._spectral_terms(x, real)
         with torch.no_grad():
             teacher_cond = self.teacher.condition(feats, speaker, f0)
-        student_cond = self.student.condition(feats, speaker, f0)
         losses, x, mean_log_q = self._kl_terms(student_cond, teacher_cond)
-        if weights.get("stft", 0):
-            losses["stft"] = multi_resolution_stft_loss(x, real, self.cfg.stft_resolutions)
-        if weights.get("mel", 0):
-            losses["mel"] = mel_loss(x, real, self.features)
-        if weights.get("power", 0):
-            losses["power"] = power_loss(x, real, *self.cfg.stft_resolutions[0])
+        losses |= self._spectral_terms(x, real)
         if weights.get("contrastive", 0) and x.shape[0] > 1:
             other = teacher_cond.roll(1, dims=0)
             log_p_other = self.teacher.log_prob_per_step(x, other)[
                 :, self._first_step(x.shape[-1]) :
             ]
             losses["contrastive"] = log_p_other.mean() - mean_log_q  # = -KL(q || p_other)
+        return losses
+
+    def _spectral_terms(self, x: Tensor, real: Tensor) -> dict[str, Tensor]:
+        """The weighted losses of the student sample x (B, 1, T) against the real audio."""
+        weights, losses = self.cfg.weights, {}
+        if weights.get("stft", 0):
+            losses["stft"] = multi_resolution_stft_loss(x, real, self.cfg.stft_resolutions)
+        if weights.get("mel", 0):
+            losses["mel"] = mel_loss(x, real, self.features)
+        if weights.get("power", 0):
+            losses["power"] = power_loss(x, real, *self.cfg.stft_resolutions[0])
         return losses
 
     def _first_step(self, length: int) -> int:
