@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 from factories import STUDENT_SIZES
+from torch.utils.data import DataLoader
 
 from wavflow.checkpoint import (
     build_student,
@@ -16,7 +18,7 @@ from wavflow.checkpoint import (
     save_checkpoint,
 )
 from wavflow.config import RecipeError, load_recipe, student_recipe
-from wavflow.data import PreparedData
+from wavflow.data import PreparedData, SegmentDataset
 from wavflow.distill import DistillLoss
 from wavflow.objectives import LikelihoodLoss, build_objective
 from wavflow.teacher import WaveNet
@@ -89,3 +91,20 @@ def test_distillation_starts_the_students_f0_predictor_from_the_teachers_not_the
     data = PreparedData(prepared_dir, expected=recipe.features)
     objective = build_objective(recipe, data, "student", path)
     assert _same_weights(frozen.conditioner.f0_predictor, objective.model.conditioner.f0_predictor)
+
+
+def test_a_student_trained_without_the_kl_keeps_its_best_by_log_mel_distance(
+    prepared_dir, tmp_path
+):
+    recipe = _student_recipe("iaf")
+    recipe = dataclasses.replace(
+        recipe, distill=dataclasses.replace(recipe.distill, weights={"stft": 1.0})
+    )
+    data = PreparedData(prepared_dir, expected=recipe.features)
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, checkpoint_state("teacher", recipe, build_teacher(recipe), []))
+    objective = build_objective(recipe, data, "student", path)
+    assert objective.best_metric == "val/log_mel_db"
+    crops = SegmentDataset(data, "val", recipe.data.segment_length, random_crops=False)
+    batch = next(iter(DataLoader(crops, batch_size=2)))
+    assert "log_mel_db" in objective.validate(objective.model, [batch])
