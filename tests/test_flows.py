@@ -328,12 +328,6 @@ STUDENT_CASES = [
         reads_cond=True,
         pitch=True,
     ),
-    Case(  # the same, with a learned waveform added to the pulses (from cond alone)
-        "student_squeezewave_shaped_source",
-        lambda: spectral_squeezewave(**PITCH_SIZES, harmonic_source=True, source_shaper_layers=2),
-        reads_cond=True,
-        pitch=True,
-    ),
     Case(  # fold = hop: one frame per step; an early output after every flow
         "student_squeezewave_fold_hop",
         lambda: SqueezeWave(

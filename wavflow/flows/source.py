@@ -40,26 +40,15 @@ class HarmonicSource(Flow):
     `cond` (B, C, S) holds the pulses and the voicing folded like z (`fold` of `pulse_source`,
     2 G channels) from channel `channel` on: G channels of pulses, then G of voicing.
 
-    With a `shaper`, y = g p + h(p, v, cond) + exp(v log s) z: a learned waveform that depends
-    on `cond` alone (an NSF-style neural filter of the pulses, reading the frame features), so
-    the log-det is unchanged and the density stays exact. It starts at zero (h's last conv).
-
     Args:
         channel: index of the first pulse channel in `cond` (negative: from the end).
         channels: G, samples of z per step (1 at audio rate).
         noise: s, the noise scale in voiced samples (fixed).
         init_gain: g at initialisation.
-        shaper: h, a module (B, 2G, S) pulses and voicing, (B, C, S) cond -> (B, G, S) that
-            outputs zero at initialisation; None: y = g p + exp(v log s) z.
     """
 
     def __init__(
-        self,
-        channel: int,
-        channels: int = 1,
-        noise: float = 0.1,
-        init_gain: float = 1.0,
-        shaper: nn.Module | None = None,
+        self, channel: int, channels: int = 1, noise: float = 0.1, init_gain: float = 1.0
     ) -> None:
         super().__init__()
         if not noise > 0:
@@ -68,7 +57,6 @@ class HarmonicSource(Flow):
             raise ValueError(f"the source's init_gain must be > 0, got {init_gain}")
         self.channel, self.channels, self.log_noise = channel, channels, math.log(noise)
         self.log_gain = nn.Parameter(torch.tensor(math.log(init_gain)))
-        self.shaper = shaper
 
     def location_scale(self, cond: Tensor | None) -> tuple[Tensor, Tensor]:
         """(B, C, S) cond -> the shift g p and the log-scale v log s, each (B, G, S)."""
@@ -77,10 +65,7 @@ class HarmonicSource(Flow):
         first = self.channel % cond.shape[1]
         pulses = cond[:, first : first + self.channels]
         voiced = cond[:, first + self.channels : first + 2 * self.channels]
-        loc = torch.exp(self.log_gain) * pulses
-        if self.shaper is not None:
-            loc = loc + self.shaper(cond[:, first : first + 2 * self.channels], cond)
-        return loc, voiced * self.log_noise
+        return torch.exp(self.log_gain) * pulses, voiced * self.log_noise
 
     def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         loc, log_scale = self.location_scale(cond)

@@ -331,11 +331,6 @@ class SqueezeWave(FlowModel):
         harmonic_source: pulses at F0 where voiced, the couplings' noise quietened there
             (`HarmonicSource` on the folded output of the couplings; needs pitch).
         source_noise: with `harmonic_source`, the noise scale in voiced samples (fixed).
-        source_shaper_layers: with `harmonic_source`, gated layers of a `DepthwiseWaveNet`
-            (the couplings' width and kernel) that adds a learned waveform, a function of the
-            pulses, voicing and frame features only, to the pulses: the couplings shape only
-            the noise, so without it the voiced waveform is the fixed pulse train through the
-            filter. 0: none.
 
     References:
         Zhai et al., "SqueezeWave", arXiv:2001.05685.
@@ -399,10 +394,7 @@ class SqueezeWave(FlowModel):
         features: FeatureConfig | None = None,
         harmonic_source: bool = False,
         source_noise: float = 0.1,
-        source_shaper_layers: int = 0,
     ) -> None:
-        if source_shaper_layers and not harmonic_source:
-            raise ValueError("source_shaper_layers needs harmonic_source = true")
         if envelope_taps and not (envelope and features is not None and fold <= hop_length):
             raise ValueError(
                 "envelope_taps needs envelope = true, the feature settings and fold <= hop"
@@ -456,22 +448,7 @@ class SqueezeWave(FlowModel):
             # would scatter each pulse over 128 samples (PESQ-wb 1.47 at initialisation on the
             # quality recipe's held-back speech against 2.09 for the IAF, whose steps start as
             # the identity). The couplings shape the noise; the pulses are added to it.
-            shaper = (
-                DepthwiseWaveNet(
-                    2 * fold,
-                    fold,
-                    frame_channels,
-                    source_shaper_layers,
-                    channels,
-                    kernel_size,
-                    dilation_base,
-                )
-                if source_shaper_layers
-                else None
-            )
-            layers.append(
-                HarmonicSource(conditioner.source_channel, fold, source_noise, 1.0, shaper)
-            )
+            layers.append(HarmonicSource(conditioner.source_channel, fold, source_noise))
         if envelope and not envelope_taps:  # the level channel ends the frame features
             layers.append(EnvelopeScale(frame_channels - 1, envelope_offset))
         if n_harmonics:
