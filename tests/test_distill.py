@@ -233,25 +233,3 @@ def test_spectral_losses_alone_never_run_the_teacher_and_equal_the_distilled_one
     distilled = DistillLoss(identity_student(), teacher, both)(_batch(length=1024))
     assert calls and set(distilled) == {"kl", "log_scale", "stft"}
     torch.testing.assert_close(spectral["stft"], distilled["stft"])
-
-
-def test_the_spectral_warmup_scores_only_the_crop_after_it() -> None:
-    """With spectral_warmup = W the STFT term is the one of the crop's samples from W on; a
-    warm-up as long as the crop is refused by name."""
-    teacher, length, warmup = constant_teacher(), 1024, 256
-    cfg = DistillConfig(weights={"stft": 1.0}, spectral_warmup=warmup)
-    batch, student = _batch(length=length), identity_student()
-    torch.manual_seed(5)
-    x = student.rsample_and_log_prob(student.condition(batch["feats"], None, None))[0]
-    expected = multi_resolution_stft_loss(
-        x[..., warmup:], batch["audio"][..., warmup:], cfg.stft_resolutions
-    )
-    torch.manual_seed(5)
-    scored = DistillLoss(student, teacher, cfg)(batch)["stft"]
-    torch.testing.assert_close(scored, expected)
-    whole = DistillConfig(weights={"stft": 1.0})
-    torch.manual_seed(5)
-    assert not torch.allclose(DistillLoss(student, teacher, whole)(batch)["stft"], expected)
-    too_long = DistillConfig(weights={"stft": 1.0}, spectral_warmup=length)
-    with pytest.raises(ValueError, match="spectral_warmup"):
-        DistillLoss(student, teacher, too_long)(batch)

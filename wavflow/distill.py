@@ -16,8 +16,7 @@
   is the zero padding before the clip.
 - "log_scale": ClariNet's regulariser (log s_q - log s_p)^2 (Gaussian/Gaussian only).
 - "stft": multi-resolution STFT loss against the real audio: spectral convergence plus L1
-  log-magnitude per resolution, averaged. Like "mel" and "power", it leaves out the first
-  `spectral_warmup` samples of each crop.
+  log-magnitude per resolution, averaged.
 - "mel": HiFi-GAN's mel loss, mean |log-mel(x) - log-mel(real)| with the recipe's own
   feature settings (nats): the spectrum the student is conditioned on, and on which the
   silence floor and log-mel distance are measured.
@@ -163,20 +162,7 @@ class DistillLoss(nn.Module):
         return losses
 
     def _spectral_terms(self, x: Tensor, real: Tensor) -> dict[str, Tensor]:
-        """The weighted losses of the student sample x (B, 1, T) against the real audio, after
-        the crop's first `spectral_warmup` samples.
-
-        Raises:
-            RecipeError: the warm-up leaves no sample of the crop.
-        """
-        warmup = self.cfg.spectral_warmup
-        if warmup >= x.shape[-1]:
-            raise RecipeError(
-                f"distill.spectral_warmup leaves out the first {warmup} samples of each crop, "
-                f"but the crops are {x.shape[-1]} samples (data.segment_length): make the "
-                "crops longer or the warm-up shorter"
-            )
-        x, real = x[..., warmup:], real[..., warmup:]
+        """The weighted losses of the student sample x (B, 1, T) against the real audio."""
         weights, losses = self.cfg.weights, {}
         if weights.get("stft", 0):
             losses["stft"] = multi_resolution_stft_loss(x, real, self.cfg.stft_resolutions)

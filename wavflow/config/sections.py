@@ -332,10 +332,6 @@ class DistillConfig:
             explode where the teacher is sure of a sample and the student is not; a higher
             floor here bounds those terms without changing the teacher.
         stft_resolutions: [n_fft, hop, win] of each multi-resolution STFT loss term.
-        spectral_warmup: audio samples at the start of each crop left out of the spectral
-            losses (stft, mel, power). A student's output there is computed from a past of
-            silence (its output filter and flows read up to their receptive field back),
-            which no sample of a whole utterance is; 0 scores the whole crop.
         students: settings of this section that differ for one student kind, e.g.
             `[distill.students.squeezewave]` with `teacher_log_scale_min = -7.0` and its own
             `weights` table (which replaces the section's whole); applied by `for_student`.
@@ -350,7 +346,6 @@ class DistillConfig:
     stft_resolutions: list[list[int]] = field(
         default_factory=lambda: [[1024, 256, 1024], [2048, 512, 2048], [512, 128, 512]]
     )
-    spectral_warmup: int = 0
     students: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def for_student(self, kind: str) -> DistillConfig:
@@ -382,7 +377,6 @@ class DistillConfig:
                     f"kl_estimator must be one of {KL_ESTIMATORS}",
                 ),
                 (self.kl_samples >= 1, "kl_samples must be >= 1"),
-                (self.spectral_warmup >= 0, "spectral_warmup must be >= 0"),
                 (
                     all(len(r) == 3 for r in self.stft_resolutions),
                     "stft_resolutions: [n_fft, hop, win] each",
