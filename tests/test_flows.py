@@ -48,6 +48,7 @@ from wavflow.flows import (
     student_sizes,
 )
 from wavflow.flows.squeezewave import gated_tanh
+from wavflow.nn.conditioning import ConditioningSpec
 from wavflow.nn.conv import ZeroConv1d
 
 DTYPE = torch.float64
@@ -750,23 +751,28 @@ def test_invertible_conv_cache_follows_the_weights() -> None:
         torch.testing.assert_close(z_low.double(), z, atol=0.1, rtol=0.05)
 
 
+MELS_3_HOP_4 = ConditioningSpec(n_mels=3, hop_length=4)
+
+
 def test_frame_rate_conditioner_repeats_or_stacks_frames() -> None:
     feats = torch.arange(2 * 3 * 4, dtype=DTYPE).reshape(2, 3, 4)
-    repeated = FrameRateConditioner(3, hop_length=4, fold=2)(feats)  # 2 steps per frame
+    repeated = FrameRateConditioner(MELS_3_HOP_4, fold=2)(feats)  # 2 steps per frame
     assert repeated.shape == (2, 3, 8)
     torch.testing.assert_close(repeated[..., ::2], feats)
     torch.testing.assert_close(repeated[..., 1::2], feats)
-    stacked = FrameRateConditioner(3, hop_length=4, fold=8)(feats)  # 2 frames per step
+    stacked = FrameRateConditioner(MELS_3_HOP_4, fold=8)(feats)  # 2 frames per step
     assert stacked.shape == (2, 6, 2)
     torch.testing.assert_close(stacked[:, 0:2, 1], feats[:, 0, 2:4])  # mel 0, frames 2 and 3
-    same = FrameRateConditioner(3, hop_length=4, fold=4)(feats)
+    same = FrameRateConditioner(MELS_3_HOP_4, fold=4)(feats)
     torch.testing.assert_close(same, feats)
-    with_speaker = FrameRateConditioner(3, 4, 2, n_speakers=3, speaker_channels=5)
+    with_speaker = FrameRateConditioner(
+        ConditioningSpec(3, hop_length=4, n_speakers=3, speaker_channels=5), fold=2
+    )
     assert with_speaker(feats, torch.tensor([0, 2])).shape == (2, 3 + 5, 8)
     with pytest.raises(ValueError, match="one must divide the other"):
-        FrameRateConditioner(3, hop_length=4, fold=6)
+        FrameRateConditioner(MELS_3_HOP_4, fold=6)
     with pytest.raises(ValueError, match="multiple of 2"):
-        FrameRateConditioner(3, hop_length=4, fold=8)(feats[..., :3])
+        FrameRateConditioner(MELS_3_HOP_4, fold=8)(feats[..., :3])
 
 
 def test_squeezewave_published_layout() -> None:

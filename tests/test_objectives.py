@@ -84,8 +84,8 @@ def test_distillation_starts_the_students_f0_predictor_from_the_teachers_not_the
             parameter.add_(0.5)  # unlike any new predictor's weights
     path = tmp_path / "teacher.pt"
     save_checkpoint(path, checkpoint_state("teacher", recipe, teacher, []))
-    frozen = load_teacher(path, recipe.features)
     student = build_student(recipe)
+    frozen = load_teacher(path, student.conditioner.spec, recipe.features)
     DistillLoss(student, frozen, recipe.distill, recipe.features)
     assert not _same_weights(frozen.conditioner.f0_predictor, student.conditioner.f0_predictor)
     data = PreparedData(prepared_dir, expected=recipe.features)

@@ -6,6 +6,10 @@ A checkpoint is a dict of tensors and plain data only, loaded with `torch.load(w
     speakers (names, for speaker ids), model (state_dict), ema (state_dict or None),
     optimizer (state_dict), step, best_val, bad_steps,
     rng ({"torch": [CPU state of each rank], "cuda": [CUDA state of each rank]})
+
+The config and the speakers determine the model's `ConditioningSpec` (`conditioning_arguments`),
+so a loaded model has the spec it was trained with, and `load_teacher` compares it with the
+student's.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch import nn
 
 from wavflow.audio import check_features_match
 from wavflow.config import FeatureConfig, Recipe, RecipeError, recipe_from_dict, to_dict
+from wavflow.nn.conditioning import ConditioningSpec
 from wavflow.nn.conv import add_weight_norm, remove_weight_norm
 from wavflow.teacher import WaveNet
 
@@ -41,11 +46,8 @@ def build_teacher(recipe: Recipe, n_speakers: int = 0) -> WaveNet:
     """
     with _sizes_of("teacher"):
         model = WaveNet(
-            recipe.features.n_mels,
-            recipe.features.hop_length,
-            n_speakers=n_speakers,
             features=recipe.features,
-            **dataclasses.asdict(recipe.teacher) | pitch_arguments(recipe),
+            **dataclasses.asdict(recipe.teacher) | conditioning_arguments(recipe, n_speakers),
         )
     return add_weight_norm(model)
 
@@ -63,11 +65,8 @@ def build_student(recipe: Recipe, n_speakers: int = 0, kind: str | None = None) 
     with _sizes_of(f"student.{kind}"):
         return build_flow_student(
             kind,
-            recipe.features.n_mels,
-            recipe.features.hop_length,
-            n_speakers=n_speakers,
             features=recipe.features,
-            **recipe.student.sizes(kind) | pitch_arguments(recipe),
+            **recipe.student.sizes(kind) | conditioning_arguments(recipe, n_speakers),
         )
 
 
@@ -79,6 +78,24 @@ def _sizes_of(section: str) -> Iterator[None]:
         yield
     except (ValueError, TypeError) as error:
         raise RecipeError(f"[{section}] {error}") from error
+
+
+def conditioning_arguments(recipe: Recipe, n_speakers: int) -> dict[str, int]:
+    """The constructor arguments of the `ConditioningSpec` that a recipe gives every model, the
+    teacher and each student alike: the mel settings of `[features]`, the harmonics of
+    `[conditioning]` and `n_speakers` (`speaker_count` of the data's speakers). The embedding
+    width (`speaker_channels`) stays a size of the model's own section.
+
+    A checkpoint keeps the recipe and the speakers, so `load_model` rebuilds the same spec.
+    """
+    features = recipe.features
+    return {
+        "n_mels": features.n_mels,
+        "hop_length": features.hop_length,
+        "sample_rate": features.sample_rate,
+        "n_speakers": n_speakers,
+        "n_harmonics": recipe.conditioning.harmonics,
+    }
 
 
 def pitch_arguments(recipe: Recipe) -> dict[str, int]:
@@ -193,27 +210,51 @@ def speaker_count(recipe: Recipe, speakers: list[str]) -> int:
 
 
 def load_teacher(
-    path: str | Path, features: FeatureConfig, speakers: list[str] | None = None
+    path: str | Path,
+    student: ConditioningSpec,
+    features: FeatureConfig,
+    speakers: list[str] | None = None,
 ) -> WaveNet:
-    """A frozen teacher for distillation, its mel settings checked against `features` and, for
-    a teacher with speakers, its speaker list against the student data's `speakers` (ids index
-    both lists, so another list would select other voices' embeddings).
+    """A frozen teacher for distillation, checked against the student it teaches and its data.
 
-    Its other conditioning may differ from the student's: each model conditions itself on the
-    same batch (a teacher with pitch can teach a student without).
+    The teacher's `ConditioningSpec` (rebuilt from the checkpoint's recipe and speakers) must
+    read the same input as the `student`'s: the same n_mels, hop_length and sample_rate
+    (`INPUT_SETTINGS`); its other mel settings must equal `features`; and a teacher with
+    speakers must have been trained on the data's `speakers` list (ids index both lists, so
+    another list would select other voices' embeddings). Its speakers and harmonics may differ
+    from the student's: each model conditions itself on the same batch (a teacher with pitch
+    can teach a student without).
+
+    Args:
+        path: the teacher checkpoint.
+        student: the spec of the student being distilled (`student.conditioner.spec`).
+        features: the mel settings of the student's data.
+        speakers: the student data's speaker names (None: not checked).
 
     Raises:
-        CheckpointError: not a teacher checkpoint, or trained on other speakers; ValueError:
-            feature settings differ.
+        CheckpointError: not a teacher checkpoint, conditioned on other input than the
+            student, or trained on other speakers; AudioError: other mel settings differ.
     """
     model, recipe, state = load_model(path)
     if state["kind"] != "teacher":
         raise CheckpointError(f"{path}: holds a {state['kind']}, not a teacher")
+    differences = model.conditioner.spec.input_differences(student)
+    if differences:
+        listed = "; ".join(
+            f"{name} {own} for the teacher, {theirs} for the student"
+            for name, own, theirs in differences
+        )
+        raise CheckpointError(
+            f"{path}: the teacher reads other input than the student ({listed}). Distil from "
+            "a teacher trained with the student's [features], or give the student the "
+            "teacher's [features] and prepare its data with them."
+        )
     check_features_match(features, recipe.features, f"teacher checkpoint {path}")
     own = list(state.get("speakers", []))
     if speakers is not None and model.capabilities.n_speakers and own != list(speakers):
         raise CheckpointError(
-            f"{path}: the teacher was trained on speakers {own}, the data has {list(speakers)}"
+            f"{path}: the teacher was trained on speakers {own}, the data has {list(speakers)}: "
+            "distil from a teacher trained on this data's speakers, in this order."
         )
     for parameter in model.parameters():
         parameter.requires_grad_(False)

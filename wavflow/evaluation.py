@@ -352,7 +352,8 @@ def _teacher_of(
         return None
     if str(path) not in cache:
         device = next(entry.model.parameters()).device
-        cache[str(path)] = load_teacher(path, entry.recipe.features).to(device)
+        student = entry.model.conditioner.spec
+        cache[str(path)] = load_teacher(path, student, entry.recipe.features).to(device)
     return cache[str(path)]
 
 

@@ -82,7 +82,8 @@ def build_objective(
 
     Raises:
         RecipeError: an unknown `kind`, or an IAF student without a teacher.
-        CheckpointError: `teacher` is not a teacher, or was trained on other speakers.
+        CheckpointError: `teacher` is not a teacher, reads other input than the student, or
+            was trained on other speakers.
     """
     if kind not in ("teacher", "student"):
         raise RecipeError(f"unknown objective kind '{kind}': use 'teacher' or 'student'")
@@ -98,7 +99,7 @@ def build_objective(
     student = build_student(recipe, n_speakers)
     if teacher is None:
         return likelihood_objective("student", student, recipe.features)
-    frozen = load_teacher(teacher, recipe.features, data.speakers)
+    frozen = load_teacher(teacher, student.conditioner.spec, recipe.features, data.speakers)
     return distillation_objective(student, frozen, recipe, str(teacher))
 
 

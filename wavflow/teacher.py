@@ -18,7 +18,7 @@ from wavflow.capabilities import Capabilities
 from wavflow.config import FeatureConfig
 from wavflow.distributions import build_output, shift_by_excitation
 from wavflow.generation import GenerationState, IncrementalWaveNet
-from wavflow.nn.conditioning import Conditioner, unpack_mels
+from wavflow.nn.conditioning import Conditioner, ConditioningSpec, unpack_mels
 from wavflow.nn.lpc import LinearPrediction
 from wavflow.nn.wavenet import WaveNetStack
 
@@ -121,12 +121,9 @@ class WaveNet(nn.Module):
         self._incremental: tuple[tuple, IncrementalWaveNet] | None = None  # see `incremental`
         self.head = build_output(output, n_mixtures, log_scale_min)
         self.conditioner = Conditioner(
-            n_mels,
-            hop_length,
-            n_speakers,
-            speaker_channels,
-            n_harmonics,
-            sample_rate,
+            ConditioningSpec(
+                n_mels, hop_length, sample_rate, n_speakers, speaker_channels, n_harmonics
+            ),
             envelope,
             packed_mel=bool(lpc_order),  # the LPC is fitted to the mel frames themselves
         )

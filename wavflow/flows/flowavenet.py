@@ -22,7 +22,7 @@ from wavflow.flows.layers import (
     Squeeze,
     SwapHalves,
 )
-from wavflow.nn.conditioning import Conditioner
+from wavflow.nn.conditioning import Conditioner, ConditioningSpec
 from wavflow.nn.conv import add_weight_norm
 
 
@@ -101,7 +101,9 @@ class FloWaveNet(FlowModel):
         if blocks_per_split < 1:
             raise ValueError(f"blocks_per_split must be >= 1, got {blocks_per_split}")
         conditioner = Conditioner(
-            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate
+            ConditioningSpec(
+                n_mels, hop_length, sample_rate, n_speakers, speaker_channels, n_harmonics
+            )
         )
 
         def coupling(flow_channels: int, cond_channels: int) -> AffineCoupling:

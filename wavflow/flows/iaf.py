@@ -28,7 +28,7 @@ from wavflow.flows.base import Flow, FlowModel, SequentialFlow, make_base
 from wavflow.flows.layers import LOG_SCALE_BOUND, EnvelopeScale, soft_clamp
 from wavflow.flows.source import HarmonicSource
 from wavflow.flows.spectral_envelope import SpectralEnvelope
-from wavflow.nn.conditioning import Conditioner
+from wavflow.nn.conditioning import Conditioner, ConditioningSpec
 from wavflow.nn.conv import add_weight_norm
 from wavflow.nn.wavenet import WaveNetStack
 
@@ -248,12 +248,9 @@ class IAFStudent(FlowModel):
         if envelope_taps and not (envelope and features is not None):
             raise ValueError("envelope_taps needs envelope = true and the feature settings")
         conditioner = Conditioner(
-            n_mels,
-            hop_length,
-            n_speakers,
-            speaker_channels,
-            n_harmonics,
-            sample_rate,
+            ConditioningSpec(
+                n_mels, hop_length, sample_rate, n_speakers, speaker_channels, n_harmonics
+            ),
             envelope,
             packed_mel=bool(envelope_taps),
             source=harmonic_source,

@@ -46,7 +46,7 @@ from wavflow.flows.layers import (
 )
 from wavflow.flows.source import HarmonicSource
 from wavflow.flows.spectral_envelope import SpectralEnvelope
-from wavflow.nn.conditioning import ConditionerBase, log_envelope
+from wavflow.nn.conditioning import ConditionerBase, ConditioningSpec, log_envelope
 from wavflow.nn.conv import ZeroConv1d, add_weight_norm
 
 
@@ -72,31 +72,18 @@ class FrameRateConditioner(ConditionerBase):
     projection, so nothing is lost by not learning an upsampler.
 
     Args:
-        n_mels: mel bands of `feats`.
-        hop_length: audio samples per frame (H).
+        spec: the mel settings (hop H), speakers and harmonics K (`ConditioningSpec`).
         fold: audio samples per step (G); one of G, H must divide the other.
-        n_speakers: speakers (0: no global conditioning).
-        speaker_channels: embedding width.
-        n_harmonics: K, harmonics of the F0 excitation (0: no pitch conditioning).
-        sample_rate: audio rate in Hz (for the excitation).
         envelope: end the frame features with the mel's log level per step (`log_envelope`
             averaged over the step's samples), for an `EnvelopeScale`.
         source: give the folded pulse source and voicing, for a `HarmonicSource` (needs pitch).
     """
 
     def __init__(
-        self,
-        n_mels: int,
-        hop_length: int,
-        fold: int,
-        n_speakers: int = 0,
-        speaker_channels: int = 16,
-        n_harmonics: int = 0,
-        sample_rate: int = 22050,
-        envelope: bool = False,
-        source: bool = False,
+        self, spec: ConditioningSpec, fold: int, envelope: bool = False, source: bool = False
     ) -> None:
         super().__init__()
+        hop_length = spec.hop_length
         if hop_length % fold and fold % hop_length:
             raise ValueError(
                 f"fold={fold} and hop_length={hop_length}: one must divide the other, so that "
@@ -105,20 +92,13 @@ class FrameRateConditioner(ConditionerBase):
         self.fold = fold
         self.repeats = max(1, hop_length // fold)
         self.frames_per_step = max(1, fold // hop_length)
-        self._add_speaker_and_pitch(
-            n_mels,
-            hop_length,
-            n_speakers,
-            speaker_channels,
-            n_harmonics,
-            sample_rate,
-            envelope,
-            source,
+        self._add_speaker_and_pitch(spec, envelope, source)
+        self.frame_channels = (
+            spec.n_mels * self.frames_per_step + self.speaker_channels + int(envelope)
         )
-        self.frame_channels = n_mels * self.frames_per_step + self.speaker_channels + int(envelope)
         # The folded pulse source and voicing (2 G channels) follow the frame features.
         self.source_channel = self.frame_channels if source else None
-        self.out_channels = self.frame_channels + 2 * (int(source) + n_harmonics) * fold
+        self.out_channels = self.frame_channels + 2 * (int(source) + spec.n_harmonics) * fold
 
     def forward(
         self,
@@ -408,17 +388,10 @@ class SqueezeWave(FlowModel):
                 f"(early_channels={early_channels} every {early_every} of {n_flows} flows); "
                 "the last couplings need at least 2"
             )
-        conditioner = FrameRateConditioner(
-            n_mels,
-            hop_length,
-            fold,
-            n_speakers,
-            speaker_channels,
-            n_harmonics,
-            sample_rate,
-            envelope,
-            harmonic_source,
+        spec = ConditioningSpec(
+            n_mels, hop_length, sample_rate, n_speakers, speaker_channels, n_harmonics
         )
+        conditioner = FrameRateConditioner(spec, fold, envelope, harmonic_source)
         frame_channels = conditioner.frame_channels
         # Built from the last flow (x -> z numbering) to the first, i.e. in z -> x order; the
         # flows after an early output sit inside a FactorOut that leaves its channels alone.

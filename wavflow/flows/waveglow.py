@@ -23,7 +23,7 @@ from wavflow.flows.layers import (
     Invertible1x1Conv,
     Squeeze,
 )
-from wavflow.nn.conditioning import Conditioner
+from wavflow.nn.conditioning import Conditioner, ConditioningSpec
 from wavflow.nn.conv import add_weight_norm
 
 
@@ -107,7 +107,9 @@ class WaveGlow(FlowModel):
                 "the last couplings need at least 2"
             )
         conditioner = Conditioner(
-            n_mels, hop_length, n_speakers, speaker_channels, n_harmonics, sample_rate
+            ConditioningSpec(
+                n_mels, hop_length, sample_rate, n_speakers, speaker_channels, n_harmonics
+            )
         )
         cond_channels = conditioner.out_channels * group  # cond is folded like the audio
         # Built from the last flow (x -> z numbering) to the first, i.e. in z -> x order; the

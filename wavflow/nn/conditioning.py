@@ -4,9 +4,69 @@ optional harmonic excitation built from frame-rate F0."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class ConditioningSpec:
+    """What a model is conditioned on: the one description every model's conditioner is built
+    from, the same for the teacher and the four students. Each model builds it from its plain
+    arguments of these names and keeps it as `model.conditioner.spec`; a checkpoint's recipe
+    and speakers rebuild it (`wavflow.checkpoint.conditioning_arguments`).
+
+    `n_mels`, `hop_length` and `sample_rate` describe the input that a teacher and the student
+    it teaches must share (`INPUT_SETTINGS`); the speakers and harmonics are each model's own
+    (a teacher with pitch can teach a student without).
+
+    Attributes:
+        n_mels: mel bands of `feats` (B, n_mels, frames).
+        hop_length: audio samples per mel frame (the upsampling factor).
+        sample_rate: audio rate in Hz (the phase of the F0 excitation and pulse source).
+        n_speakers: speakers of the embedding (0: no global conditioning; ids in [0, n)).
+        speaker_channels: width of the speaker embedding (channels of `cond` with speakers).
+        n_harmonics: harmonics K of the F0 excitation (0: no pitch conditioning).
+
+    Raises:
+        ValueError: a setting out of range, naming it and its value.
+    """
+
+    n_mels: int
+    hop_length: int
+    sample_rate: int = 22050
+    n_speakers: int = 0
+    speaker_channels: int = 16
+    n_harmonics: int = 0
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be {bound}, got {getattr(self, name)!r}"
+            for name, bound, ok in (
+                ("n_mels", ">= 1", self.n_mels >= 1),
+                ("hop_length", ">= 1", self.hop_length >= 1),
+                ("sample_rate", "a positive rate in Hz", self.sample_rate > 0),
+                ("n_speakers", ">= 0", self.n_speakers >= 0),
+                ("speaker_channels", ">= 1", self.speaker_channels >= 1),
+                ("n_harmonics", ">= 0", self.n_harmonics >= 0),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("conditioning: " + "; ".join(problems))
+
+    def input_differences(self, other: ConditioningSpec) -> list[tuple[str, int, int]]:
+        """(name, this value, `other`'s value) for each of `INPUT_SETTINGS` where they differ."""
+        return [
+            (name, getattr(self, name), getattr(other, name))
+            for name in INPUT_SETTINGS
+            if getattr(self, name) != getattr(other, name)
+        ]
+
+
+# The settings of the input itself: two models that read the same batch must agree on them.
+INPUT_SETTINGS = ("n_mels", "hop_length", "sample_rate")
 
 
 def upsample_factors(hop_length: int, max_factor: int = 16) -> list[int]:
@@ -307,35 +367,31 @@ class F0Predictor(nn.Module):
 
 
 class ConditionerBase(nn.Module):
-    """What every model's conditioner shares: the speaker embedding, the pitch settings with
-    their `F0Predictor`, and the envelope flag. `Conditioner` (audio rate) and SqueezeWave's
-    `FrameRateConditioner` (folded rate) build `cond` from these.
+    """What every model's conditioner shares: its `ConditioningSpec` (`spec`), the speaker
+    embedding, the pitch settings with their `F0Predictor`, and the envelope flag.
+    `Conditioner` (audio rate) and SqueezeWave's `FrameRateConditioner` (folded rate) build
+    `cond` from these.
     """
 
     def _add_speaker_and_pitch(
-        self,
-        n_mels: int,
-        hop_length: int,
-        n_speakers: int,
-        speaker_channels: int,
-        n_harmonics: int,
-        sample_rate: int,
-        envelope: bool,
-        source: bool = False,
+        self, spec: ConditioningSpec, envelope: bool, source: bool = False
     ) -> None:
         """Set up the shared parts (called after a subclass's own modules, so that parameters
         keep their order in checkpoints' optimizer state). Arguments as in `Conditioner`."""
-        if source and not n_harmonics:
+        if source and not spec.n_harmonics:
             raise ValueError(
                 'harmonic_source needs pitch conditioning: set [conditioning] pitch = "harmonic"'
             )
-        self.hop_length, self.n_speakers = hop_length, n_speakers
-        self.speaker = nn.Embedding(n_speakers, speaker_channels) if n_speakers else None
-        self.speaker_channels = speaker_channels if n_speakers else 0  # channels in `cond`
-        self.n_harmonics, self.sample_rate = n_harmonics, sample_rate
-        self.excitation_channels = 2 * n_harmonics
+        self.spec = spec
+        self.hop_length, self.n_speakers = spec.hop_length, spec.n_speakers
+        self.n_harmonics, self.sample_rate = spec.n_harmonics, spec.sample_rate
+        self.speaker = (
+            nn.Embedding(spec.n_speakers, spec.speaker_channels) if spec.n_speakers else None
+        )
+        self.speaker_channels = spec.speaker_channels if spec.n_speakers else 0  # in `cond`
+        self.excitation_channels = 2 * spec.n_harmonics
         self.has_envelope, self.has_source = envelope, source
-        self.f0_predictor = F0Predictor(n_mels) if n_harmonics else None
+        self.f0_predictor = F0Predictor(spec.n_mels) if spec.n_harmonics else None
 
     def speaker_part(self, speaker: Tensor | None, length: int) -> list[Tensor]:
         """[the speaker embeddings (B, E, length)], or [] for a model without speakers."""
@@ -365,12 +421,7 @@ class Conditioner(ConditionerBase):
     come without.
 
     Args:
-        n_mels: mel bands of `feats`.
-        hop_length: audio samples per frame.
-        n_speakers: number of speakers (0: no global conditioning).
-        speaker_channels: embedding width.
-        n_harmonics: harmonics of the F0 excitation (0: no pitch conditioning).
-        sample_rate: audio rate in Hz (needed for the excitation).
+        spec: the mel settings, speakers and harmonics (`ConditioningSpec`).
         envelope: also give the mel's log level (`log_envelope`, one channel before the
             excitation), for models that scale their output by it (`envelope(cond)`).
         packed_mel: also give the mel frames themselves (`pack_mels`, the first channels), for
@@ -382,37 +433,23 @@ class Conditioner(ConditionerBase):
 
     def __init__(
         self,
-        n_mels: int,
-        hop_length: int,
-        n_speakers: int = 0,
-        speaker_channels: int = 16,
-        n_harmonics: int = 0,
-        sample_rate: int = 22050,
+        spec: ConditioningSpec,
         envelope: bool = False,
         packed_mel: bool = False,
         source: bool = False,
     ) -> None:
         super().__init__()
-        self.upsampler = MelUpsampler(hop_length)
-        self._add_speaker_and_pitch(
-            n_mels,
-            hop_length,
-            n_speakers,
-            speaker_channels,
-            n_harmonics,
-            sample_rate,
-            envelope,
-            source,
-        )
+        self.upsampler = MelUpsampler(spec.hop_length)
+        self._add_speaker_and_pitch(spec, envelope, source)
         # Index of the log-envelope channel in `cond`, counted from the end (None: no envelope).
         self.envelope_channel = -1 - self.excitation_channels if envelope else None
         # Index of the pulse channel (the voicing follows it), from the end (None: no source).
         self.source_channel = -2 - int(envelope) - self.excitation_channels if source else None
         # Channels at the front of `cond` that only the output filter reads.
-        self.leading_channels = packed_channels(n_mels, hop_length) if packed_mel else 0
+        self.leading_channels = packed_channels(spec.n_mels, spec.hop_length) if packed_mel else 0
         self.out_channels = (
             self.leading_channels
-            + n_mels
+            + spec.n_mels
             + self.speaker_channels
             + 2 * int(source)
             + int(envelope)
@@ -421,7 +458,7 @@ class Conditioner(ConditionerBase):
         # Future audio samples one output reads: a frame spans one hop and the upsampler's
         # smoothing reaches sum_i s_i prod_{j>i} s_j < 2 hops (factors <= 16); the linear
         # interpolation of F0 and the envelope between frame centres one hop. 2 hops bound both.
-        self.lookahead = 2 * hop_length
+        self.lookahead = 2 * spec.hop_length
 
     def forward(
         self,
