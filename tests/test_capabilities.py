@@ -28,7 +28,7 @@ def test_every_model_declares_its_capabilities() -> None:
     )
     iaf = tiny_student("iaf", n_speakers=2).capabilities
     assert iaf.causal and iaf.location_scale and not iaf.sequential and not iaf.takes_pitch
-    assert iaf.receptive_field > 1 and iaf.lookahead == 2 * HOP and iaf.chunk_seconds == 2.0
+    assert iaf.receptive_field > 1 and iaf.lookahead == 2 * HOP and iaf.chunk_seconds == 4.0
     assert iaf.n_speakers == 2
     for kind in ("waveglow", "flowavenet", "squeezewave"):
         student = tiny_student(kind)

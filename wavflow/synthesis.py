@@ -179,40 +179,12 @@ def vocode(
     # Noise is drawn in float32 whatever the dtype, so bf16 and fp32 runs share it.
     shape = (feats.shape[0], 1, total)
     z = model.base.sample(shape, options.temperature, generator, device=feats.device).to(dtype)
-    # Some students are faster in short chunks (their activations then stay in cache).
+    # A student may declare a chunk that bounds its memory on long utterances.
     preferred = model.capabilities.chunk_seconds
     seconds = options.chunk_seconds if preferred is None else min(options.chunk_seconds, preferred)
     chunk = _aligned_frames(model, features, seconds)
     context = _aligned_frames(model, features, _context_seconds(model, features, options))
-    group = _items_per_pass(model, features, feats.shape[0], min(feats.shape[-1], chunk))
-    pieces = []
-    for first in range(0, feats.shape[0], group):
-        items = slice(first, first + group)
-        pieces.append(
-            _vocode_items(
-                model,
-                feats[items],
-                z[items],
-                chunk,
-                context,
-                features,
-                None if f0 is None else f0[items],
-                None if speaker is None else speaker[items],
-            )
-        )
-    return torch.cat(pieces)
-
-
-def _items_per_pass(model: nn.Module, features: FeatureConfig, batch: int, frames: int) -> int:
-    """Utterances synthesised in one pass of `frames` frames each: as many as keep the pass's
-    audio (utterances x frames) within the student's preferred chunk, the length whose
-    activations stay in cache, so a batch runs as fast per sample as one utterance (the
-    Parallel WaveNet IAF at batch 8 in one pass ran at half its batch-1 rate); the whole batch
-    for students that declare no chunk. Each utterance's arithmetic is the same either way."""
-    preferred = model.capabilities.chunk_seconds
-    if preferred is None:
-        return batch
-    return max(1, min(batch, _aligned_frames(model, features, preferred) // frames))
+    return _vocode_items(model, feats, z, chunk, context, features, f0, speaker)
 
 
 def _vocode_items(
