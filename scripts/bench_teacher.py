@@ -30,7 +30,7 @@ from wavflow.teacher import WaveNet
 from wavflow.timing import cpu_name
 
 SAMPLE_RATE = BENCH_FEATURES.sample_rate
-DTYPES = {**BENCH_DTYPES, "fp64": torch.float64}
+DTYPES = {**BENCH_DTYPES, "fp64": torch.float64, "int8": torch.int8}
 
 
 def parse_args() -> argparse.Namespace:

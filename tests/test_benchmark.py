@@ -57,6 +57,23 @@ def test_benchmark_writes_json_table_and_plot(tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 10_000
 
 
+def test_int8_rows_are_the_cached_teachers_only(tmp_path):
+    settings = BenchSettings(
+        lengths=[0.01],
+        batches=[1],
+        dtypes=["fp32", "int8"],
+        methods=["teacher-naive", "teacher-cached", "iaf"],
+        repeats=1,
+        naive_fields=1.0,
+        teacher_sizes=TINY_TEACHER,
+        student_presets={"iaf": "tiny"},
+    )
+    result = run_benchmark(settings, tmp_path, progress=False)
+    int8 = {row["method"] for row in result["rows"] if row["dtype"] == "int8"}
+    assert int8 == {"teacher-cached"}
+    assert list(result["ceiling"]) == ["fp32"]
+
+
 def test_benchmark_rejects_unknown_settings():
     with pytest.raises(ValueError, match="unknown bench method"):
         BenchSettings(lengths=[1.0], batches=[1], dtypes=["fp32"], methods=["hifigan"])

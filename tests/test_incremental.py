@@ -9,6 +9,7 @@ import torch
 from factories import N_MELS, mel_and_f0, tiny_teacher
 
 from wavflow.generation import IncrementalWaveNet, eager, kernel, load_kernel
+from wavflow.generation.folding import quantize_rows
 from wavflow.nn.conv import add_weight_norm, remove_weight_norm
 from wavflow.teacher import WaveNet
 
@@ -271,6 +272,38 @@ def test_bfloat16_weights(backend: str) -> None:
         x_ref, params_ref = eager.generate(cond, teacher.head, noise, return_params=True)
         torch.testing.assert_close(x, x_ref, rtol=0, atol=2e-5)
         torch.testing.assert_close(params, params_ref, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpp"])
+def test_int8_weights(backend: str) -> None:
+    """int8 matrices with one scale per row: both backends multiply the same quantised weights;
+    the params move by about the int8 step (1/254 of a row's largest weight), not more."""
+    if backend == "cpp":
+        require_kernel()
+    teacher = make_teacher("mol", torch.float32, n_cycles=1)
+    cond, noise = make_inputs(teacher, 2)
+    x, params = IncrementalWaveNet(teacher.stack, torch.int8, backend).generate(
+        cond, teacher.head, noise, return_params=True
+    )
+    error = (params - teacher(x, cond)).abs().max()
+    assert 1e-4 < error < 0.2
+    if backend == "cpp":
+        eager = IncrementalWaveNet(teacher.stack, torch.int8, "eager")
+        x_ref, params_ref = eager.generate(cond, teacher.head, noise, return_params=True)
+        torch.testing.assert_close(x, x_ref, rtol=0, atol=2e-5)
+        torch.testing.assert_close(params, params_ref, rtol=0, atol=2e-5)
+
+
+def test_quantize_rows_round_trip() -> None:
+    """Each row's largest weight maps to +-127 and every weight is within half a step."""
+    matrix = torch.randn(3, 5, 7)
+    matrix[1, 2] = 0.0  # an all-zero row (padding) keeps scale 1
+    q, scale = quantize_rows(matrix)
+    assert q.dtype == torch.int8 and scale.shape == (3, 5)
+    assert scale[1, 2] == 1 and not q[1, 2].any()
+    assert (q.abs().amax(-1)[scale != 1] == 127).all()
+    error = (q.float() * scale.unsqueeze(-1) - matrix).abs()
+    assert (error <= scale.unsqueeze(-1) / 2 + 1e-7).all()
 
 
 def test_profile_kernel_sections() -> None:

@@ -141,6 +141,27 @@ def test_bf16_students_stay_close_to_fp32(tmp_path):
     assert float((half.float() - full).norm() / full.norm()) < 0.02
 
 
+def test_int8_is_the_teachers_weights_only(teacher_checkpoint, tmp_path):
+    """--dtype int8 quantises the cached teacher's weights (its mode path stays near the fp32
+    one); a student, which would compute in int8, is refused by name."""
+    from wavflow.checkpoint import load_model
+    from wavflow.config import OptionError
+    from wavflow.synthesis import prepare_for_inference
+
+    model, recipe, _ = load_model(teacher_checkpoint)
+    model = prepare_for_inference(model, "int8", torch.device("cpu"))
+    feats = torch.randn(1, 20, 4)
+    full = vocode(model, feats, recipe.features, SynthesisOptions(temperature=0.0))
+    quantised = vocode(
+        model, feats, recipe.features, SynthesisOptions(temperature=0.0, dtype="int8")
+    )
+    assert not torch.equal(quantised, full)
+    assert float((quantised - full).norm() / full.norm()) < 0.05
+    _, student, _ = student_checkpoint("iaf", tmp_path)
+    with pytest.raises(OptionError, match="int8 is for the teacher's cached weights"):
+        prepare_for_inference(student, "int8", torch.device("cpu"))
+
+
 TINY_WAVEGLOW = [  # a tiny coupling student that trains by maximum likelihood in seconds
     *TINY_STUDENTS["waveglow"],
     "train.steps=2",

@@ -36,9 +36,19 @@ from wavflow.flows import STUDENTS, build_student
 from wavflow.metrics import log_mel_distance
 from wavflow.nn.conv import remove_weight_norm
 from wavflow.teacher import WaveNet
-from wavflow.timing import NaiveSteps, PeakMemory, machine_ceiling, time_call, time_naive_steps
+from wavflow.timing import (
+    NaiveSteps,
+    PeakMemory,
+    cpu_caches,
+    cpu_name,
+    machine_ceiling,
+    time_call,
+    time_naive_steps,
+)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+# int8: the cached teacher's weights only (students and the naive teacher compute in floats).
+CACHED_ONLY_DTYPES = ("int8",)
 # onnxruntime rows: students only, CPU, fp32 and dynamic int8 (its CPU bf16 kernels cover few
 # of the students' ops).
 RUNTIMES = ("pytorch", "onnxruntime")
@@ -231,7 +241,7 @@ QUICK = BenchSettings(
 DEFAULT = BenchSettings(
     lengths=[0.25, 1.0, 4.0],
     batches=[1, 8],
-    dtypes=["fp32", "bf16"],
+    dtypes=["fp32", "bf16", "int8"],
     methods=["teacher-naive", "teacher-cached", "iaf", "waveglow", "flowavenet", "squeezewave"],
 )
 
@@ -250,6 +260,8 @@ def run_benchmark(settings: BenchSettings, out_dir: Path, progress: bool = True)
         for method in methods:
             if method == "teacher-naive" and dtype_name != "fp32":
                 continue
+            if method != "teacher-cached" and dtype_name in CACHED_ONLY_DTYPES:
+                continue
             model = models["teacher" if method.startswith("teacher") else method]
             run = _runner(method, model, dtype)
             batches = [1] if method == "teacher-naive" else settings.batches
@@ -267,7 +279,11 @@ def run_benchmark(settings: BenchSettings, out_dir: Path, progress: bool = True)
         "device": _device_name(device),
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "ceiling": {name: machine_ceiling(DTYPES[name], device) for name in settings.dtypes},
+        "ceiling": {
+            name: machine_ceiling(DTYPES[name], device)
+            for name in settings.dtypes
+            if name not in CACHED_ONLY_DTYPES
+        },
         "settings": asdict(settings),
         "rows": [asdict(row) for row in rows],
     }
@@ -411,4 +427,5 @@ def _add_speedups(rows: list[BenchRow]) -> None:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()})"
+    caches = cpu_caches()
+    return f"cpu ({cpu_name()}{'; ' + caches if caches else ''})"

@@ -35,7 +35,9 @@ from wavflow.distributed import pick_device
 from wavflow.nn.conditioning import excitation_phase
 from wavflow.progress import progress_bar
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+# int8 is a storage dtype of the teacher's cached-path weights only; a student computes in it.
+STUDENT_DTYPES = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -140,9 +142,16 @@ def has_pitch(model: nn.Module) -> bool:
 
 def prepare_for_inference(model: nn.Module, dtype: str, device: torch.device) -> nn.Module:
     """Eval mode on `device`; students are cast to `dtype` (the teacher keeps float32
-    activations and takes bf16 weights inside its cached path)."""
+    activations and takes bf16 or int8 weights inside its cached path)."""
     model = model.eval().to(device)
-    return model if model.capabilities.sequential else model.to(DTYPES[dtype])
+    if model.capabilities.sequential:
+        return model
+    if dtype not in STUDENT_DTYPES:
+        raise OptionError(
+            f"--dtype {dtype} is for the teacher's cached weights: a student computes in "
+            f"{' or '.join(STUDENT_DTYPES)}"
+        )
+    return model.to(DTYPES[dtype])
 
 
 @torch.inference_mode()

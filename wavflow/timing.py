@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -145,6 +146,26 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_caches() -> str:
+    """The first CPU's data caches from sysfs, e.g. "L1d 48 KiB, L2 2048 KiB, L3 491520 KiB
+    shared by CPUs 0-1"; "" where sysfs does not say (not Linux)."""
+    parts = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size, shared = (
+                (index / name).read_text().strip()
+                for name in ("level", "type", "size", "shared_cpu_list")
+            )
+        except OSError:
+            continue
+        if kind == "Instruction":
+            continue
+        name = f"L{level}{'d' if kind == 'Data' else ''}"
+        sharing = f" shared by CPUs {shared}" if "-" in shared or "," in shared else ""
+        parts.append(f"{name} {size.removesuffix('K')} KiB{sharing}")
+    return ", ".join(parts)
 
 
 def machine_ceiling(dtype: torch.dtype, device: torch.device) -> dict[str, float]:

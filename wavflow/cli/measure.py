@@ -119,7 +119,11 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--out", type=Path, required=True, help="output folder")
     command.add_argument("--lengths", help="audio lengths in seconds, e.g. 0.25,1,4")
     command.add_argument("--batch", help="batch sizes, e.g. 1,8")
-    command.add_argument("--dtype", help="dtypes: fp32, bf16 or fp32,bf16")
+    command.add_argument(
+        "--dtype",
+        help="dtypes, comma-separated: fp32, bf16, int8 (int8: the cached teacher's weights "
+        "only; other methods skip it)",
+    )
     command.add_argument(
         "--methods",
         help="comma-separated subset of teacher-naive, teacher-cached, iaf, waveglow, flowavenet, "

@@ -43,9 +43,10 @@ def add_synthesize(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--no-ema", action="store_true", help="use raw weights, not the EMA")
     command.add_argument(
         "--dtype",
-        choices=("fp32", "bf16"),
+        choices=("fp32", "bf16", "int8"),
         default="fp32",
-        help="students: compute dtype; teacher: dtype of the cached path's weights",
+        help="students: compute dtype (fp32 or bf16); teacher: storage dtype of the cached "
+        "path's weights (int8: quantised per row, activations stay fp32)",
     )
     command.add_argument(
         "--chunk-seconds",

@@ -1,8 +1,9 @@
 // Vector primitives and the register-tiled GEMM of the cached WaveNet step (wavenet_step.cpp
 // includes this; the loader compiles them together).
 //
-// Activations are float32; weights float32 or bfloat16 (upper 16 bits of a float32, widened
-// with a shift). GCC/Clang vector extensions keep it portable: on AVX-512 a `vf` is one zmm
+// Activations are float32; weights float32, bfloat16 (upper 16 bits of a float32, widened
+// with a shift) or int8 with one float32 scale per matrix row (w[k, n] = scale[k] * q[k, n]:
+// the scale multiplies the activation that row reads, so the panels stay plain integers). GCC/Clang vector extensions keep it portable: on AVX-512 a `vf` is one zmm
 // register, elsewhere the compiler splits it.
 #pragma once
 #include <cstdint>
@@ -26,6 +27,9 @@ static inline vf wload(const uint16_t* p) {  // bfloat16 -> float32: widen, shif
   __m512i u = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16);
   return (vf)_mm512_castsi512_ps(u);
 }
+static inline vf wload(const int8_t* p) {  // int8 -> float32: sign-extend, convert
+  return (vf)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
 static inline vf splat(float s) { return (vf)_mm512_set1_ps(s); }
 static inline void relax() { _mm_pause(); }
 #else
@@ -33,6 +37,11 @@ static inline vf wload(const uint16_t* p) {
   vh h; std::memcpy(&h, p, sizeof h);
   vu u = __builtin_convertvector(h, vu) << 16;
   vf f; std::memcpy(&f, &u, sizeof f); return f;
+}
+static inline vf wload(const int8_t* p) {
+  typedef int8_t vb __attribute__((vector_size(16)));
+  vb b; std::memcpy(&b, p, sizeof b);
+  return __builtin_convertvector(__builtin_convertvector(b, vi), vf);
 }
 static inline vf splat(float s) { vf v; for (int i = 0; i < V; ++i) v[i] = s; return v; }
 static inline void relax() {}
@@ -74,13 +83,20 @@ static inline vf vtanh(vf x) {
   return r;
 }
 
+// The activation a row k of the weights reads, times that row's scale (int8 weights only).
+template <typename W>
+static inline float scaled(float a, const float* row_scale, long k) {
+  if constexpr (sizeof(W) == 1) return a * row_scale[k];
+  else return a;
+}
+
 // One panel: out[r, :PW] = init[r] + add[r] + sum_j sum_k a[j][r * lda + k] w[j * kb + k, :PW]
-// (a bias is an `add` with row stride 0).
+// (a bias is an `add` with row stride 0). `rs`: the int8 weights' row scales, rows j * kb + k.
 // KU independent accumulators per output keep the FMA pipes busy when there are few rows.
 template <int MR, int KU, typename W>
 static inline void tile(int nblk, const float* const* a, long lda, long kb, const W* w,
-                        const float* init, long ldi, const float* add, long ldd, float* out,
-                        long ldo) {
+                        const float* rs, const float* init, long ldi, const float* add, long ldd,
+                        float* out, long ldo) {
   vf acc[KU][MR][2];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < 2; ++v) {
@@ -91,12 +107,13 @@ static inline void tile(int nblk, const float* const* a, long lda, long kb, cons
   for (int j = 0; j < nblk; ++j) {
     const float* aj = a[j];
     const W* wj = w + j * kb * PW;
+    const float* sj = rs ? rs + j * kb : nullptr;
     long k = 0;
     for (; k + KU <= kb; k += KU)
       for (int u = 0; u < KU; ++u) {
         vf b0 = wload(wj + (k + u) * PW), b1 = wload(wj + (k + u) * PW + V);
         for (int r = 0; r < MR; ++r) {
-          vf s = splat(aj[r * lda + k + u]);
+          vf s = splat(scaled<W>(aj[r * lda + k + u], sj, k + u));
           acc[u][r][0] += s * b0;
           acc[u][r][1] += s * b1;
         }
@@ -104,7 +121,7 @@ static inline void tile(int nblk, const float* const* a, long lda, long kb, cons
     for (; k < kb; ++k) {
       vf b0 = wload(wj + k * PW), b1 = wload(wj + k * PW + V);
       for (int r = 0; r < MR; ++r) {
-        vf s = splat(aj[r * lda + k]);
+        vf s = splat(scaled<W>(aj[r * lda + k], sj, k));
         acc[0][r][0] += s * b0;
         acc[0][r][1] += s * b1;
       }
@@ -119,18 +136,19 @@ static inline void tile(int nblk, const float* const* a, long lda, long kb, cons
 
 template <int MR, typename W>
 static inline void tile_for(int nblk, const float* const* a, long lda, long kb, const W* w,
-                            const float* init, long ldi, const float* add, long ldd, float* out,
-                            long ldo) {
-  tile<MR, MR == 1 ? 4 : (MR == 2 ? 2 : 1), W>(nblk, a, lda, kb, w, init, ldi, add, ldd, out, ldo);
+                            const float* rs, const float* init, long ldi, const float* add,
+                            long ldd, float* out, long ldo) {
+  tile<MR, MR == 1 ? 4 : (MR == 2 ? 2 : 1), W>(nblk, a, lda, kb, w, rs, init, ldi, add, ldd, out,
+                                               ldo);
 }
 
 // out (m, panels p0..p1) = init + add + sum over nblk blocks of a_j (m, kb) times nblk * kb
-// rows of each panel of w (panel p at w + p * pstride). Panels outer, so each stays in L1 for
-// all row tiles.
+// rows of each panel of w (panel p at w + p * pstride), int8 rows scaled by rs (else null).
+// Panels outer, so each stays in L1 for all row tiles.
 template <typename W>
 static void gemm(long m, long p0, long p1, int nblk, const float* const* a, long lda, long kb,
-                 const W* w, long pstride, const float* init, long ldi, const float* add,
-                 long ldd, float* out, long ldo) {
+                 const W* w, long pstride, const float* rs, const float* init, long ldi,
+                 const float* add, long ldd, float* out, long ldo) {
   if (m <= 0) return;
   const long tiles = (m + MAX_ROWS - 1) / MAX_ROWS;
   const float* ar[MAX_TAPS];
@@ -144,7 +162,7 @@ static void gemm(long m, long p0, long p1, int nblk, const float* const* a, long
       float* o = out + r0 * ldo + p * PW;
       switch (mr) {
 #define WAVFLOW_CASE(R) \
-  case R: tile_for<R, W>(nblk, ar, lda, kb, wp, in, ldi, ad, ldd, o, ldo); break;
+  case R: tile_for<R, W>(nblk, ar, lda, kb, wp, rs, in, ldi, ad, ldd, o, ldo); break;
         WAVFLOW_CASE(1) WAVFLOW_CASE(2) WAVFLOW_CASE(3) WAVFLOW_CASE(4)
         WAVFLOW_CASE(5) WAVFLOW_CASE(6) WAVFLOW_CASE(7) WAVFLOW_CASE(8)
         WAVFLOW_CASE(9) WAVFLOW_CASE(10) WAVFLOW_CASE(11) WAVFLOW_CASE(12)

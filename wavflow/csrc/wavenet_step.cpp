@@ -17,10 +17,11 @@
 
 #include "vector_gemm.h"
 
-static const int64_t WAVFLOW_ABI_VERSION = 2;
+static const int64_t WAVFLOW_ABI_VERSION = 3;
 
 struct Net {
-  int64_t n_layers, kernel, residual, gates, skip, params, input_kernel, cond, bf16;
+  int64_t n_layers, kernel, residual, gates, skip, params, input_kernel, cond;
+  int64_t weight_kind;       // 0 float32, 1 bfloat16, 2 int8 with the row scales below
   const int64_t* dilations;
   const void* dilated;      // L panels-major (K * R, G)
   const void* cond_w;       // panel-major (C, L * G)
@@ -35,6 +36,9 @@ struct Net {
   const float* out_b;
   const float* input_w;     // (K_in, R)
   const float* input_b;
+  // int8 only: one scale per row of each matrix above (null otherwise).
+  const float *dilated_s, *cond_s, *residual_s, *skip_s, *hidden_s, *out_s;  // (L K R), (C),
+  // (L H), (L H), (S), (S)
 };
 struct Head { int64_t kind, n_mixtures; float log_scale_min, temperature; };
 struct Job {
@@ -173,6 +177,9 @@ static void scale_to_level(const Head& head, float* p, float level) {
   }
 }
 
+// p + n, or null for a null p (the row scales of float and bfloat16 weights).
+static inline const float* offset(const float* p, long n) { return p ? p + n : nullptr; }
+
 // Thread `part` of `parts` in a group: it owns a slice of the gate units (and their cond
 // projections) and of the skip channels, and keeps its own copy of the residual rings, so it
 // meets the others once per layer (z complete) and once per step (skip complete).
@@ -234,7 +241,7 @@ static void worker(const Net& net, const Head& head, const Job& job, Group& grou
         for (const auto& range : panels) {
           const long first = l * G / PW;
           gemm<W>(steps, first + range[0], first + range[1], 1, &a, C, C, cond_w, C * PW,
-                  nullptr, 0, net.gate_b, 0, out, rows * LG);
+                  net.cond_s, nullptr, 0, net.gate_b, 0, out, rows * LG);
         }
     }
   };
@@ -299,6 +306,7 @@ static void worker(const Net& net, const Head& head, const Job& job, Group& grou
       const float* taps[MAX_TAPS];
       for (long k = 0; k < K; ++k) taps[k] = base + wrap(step - (K - 1 - k) * d, cap[l]) * rows * R;
       const W* wl = dilated + l * K * R * G;
+      const float* sl = offset(net.dilated_s, l * K * R);
       const long pstride = K * R * PW;
       if (lagged[l]) {
         float* pre_l = pre.data() + pre_at[l];
@@ -308,17 +316,18 @@ static void worker(const Net& net, const Head& head, const Job& job, Group& grou
           for (long k = 0; k + 1 < K; ++k)
             past[k] = base + wrap(step - phase - (K - 1 - k) * d, cap[l]) * rows * R;
           for (const auto& range : panels)
-            gemm<W>(d * rows, range[0], range[1], K - 1, past, R, R, wl, pstride, nullptr, 0,
-                    nullptr, 0, pre_l, G);
+            gemm<W>(d * rows, range[0], range[1], K - 1, past, R, R, wl, pstride, sl, nullptr,
+                    0, nullptr, 0, pre_l, G);
           clock.lap(PAST);
         }
         for (const auto& range : panels)
           gemm<W>(active, range[0], range[1], 1, &taps[K - 1], R, R, wl + (K - 1) * R * PW,
-                  pstride, pre_l + phase * rows * G, G, proj + l * G, LG, gates.data(), G);
+                  pstride, offset(sl, (K - 1) * R), pre_l + phase * rows * G, G, proj + l * G,
+                  LG, gates.data(), G);
       } else {
         for (const auto& range : panels)
-          gemm<W>(active, range[0], range[1], K, taps, R, R, wl, pstride, proj + l * G, LG,
-                  nullptr, 0, gates.data(), G);
+          gemm<W>(active, range[0], range[1], K, taps, R, R, wl, pstride, sl, proj + l * G,
+                  LG, nullptr, 0, gates.data(), G);
       }
       clock.lap(GATES);
       for (long r = 0; r < active; ++r) {
@@ -336,14 +345,14 @@ static void worker(const Net& net, const Head& head, const Job& job, Group& grou
         const float* zl = z + l * H;
         const float* current = taps[K - 1];
         float* next = ring.data() + ring_at[l + 1] + (step % cap[l + 1]) * rows * R;
-        gemm<W>(active, 0, R / PW, 1, &zl, LH, H, residual_w + l * H * R, H * PW, current, R,
-                net.residual_b + l * R, 0, next, R);
+        gemm<W>(active, 0, R / PW, 1, &zl, LH, H, residual_w + l * H * R, H * PW,
+                offset(net.residual_s, l * H), current, R, net.residual_b + l * R, 0, next, R);
         clock.lap(RESIDUAL);
       }
     }
     const float* zall = z;
-    gemm<W>(active, s0, s1, 1, &zall, LH, LH, static_cast<const W*>(net.skip_w), LH * PW, nullptr,
-            0, net.skip_b, 0, skip, S);
+    gemm<W>(active, s0, s1, 1, &zall, LH, LH, static_cast<const W*>(net.skip_w), LH * PW,
+            net.skip_s, nullptr, 0, net.skip_b, 0, skip, S);
     for (long r = 0; r < active; ++r)
       for (long i = s0 * PW; i < s1 * PW; ++i) skip[r * S + i] = std::fmax(skip[r * S + i], 0.0f);
     clock.lap(SKIP);
@@ -351,11 +360,11 @@ static void worker(const Net& net, const Head& head, const Job& job, Group& grou
     clock.lap(WAIT);
     const float* skip_in = skip;
     gemm<W>(active, 0, S / PW, 1, &skip_in, S, S, static_cast<const W*>(net.hidden_w), S * PW,
-            nullptr, 0, net.hidden_b, 0, hidden.data(), S);
+            net.hidden_s, nullptr, 0, net.hidden_b, 0, hidden.data(), S);
     for (long i = 0; i < active * S; ++i) hidden[i] = std::fmax(hidden[i], 0.0f);
     const float* hidden_in = hidden.data();
     gemm<W>(active, 0, P / PW, 1, &hidden_in, S, S, static_cast<const W*>(net.out_w), S * PW,
-            nullptr, 0, net.out_b, 0, params.data(), P);
+            net.out_s, nullptr, 0, net.out_b, 0, params.data(), P);
     clock.lap(HEAD);
     for (long r = 0; r < active; ++r) {  // every thread samples the same x; part 0 keeps it
       const long row = row0 + r;
@@ -421,6 +430,11 @@ extern "C" void wavflow_abi(int64_t* out) {
 
 extern "C" int wavflow_run(const Net* net, const Head* head, const Job* job) {
   if (net->kernel > MAX_TAPS) return 1;
-  if (net->bf16) run<uint16_t>(*net, *head, *job); else run<float>(*net, *head, *job);
+  switch (net->weight_kind) {
+    case 0: run<float>(*net, *head, *job); break;
+    case 1: run<uint16_t>(*net, *head, *job); break;
+    case 2: run<int8_t>(*net, *head, *job); break;
+    default: return 2;
+  }
   return 0;
 }

@@ -60,8 +60,10 @@ class IncrementalWaveNet:
     Args:
         stack: a causal stack with one input channel (the teacher's `stack`).
         dtype: storage dtype of the weight matrices: None (the stack's dtype), torch.float32,
-            torch.float64 (eager only) or torch.bfloat16 (float32 activations, matrices
-            rounded to bfloat16; halves the weight traffic of the C++ kernel).
+            torch.float64 (eager only), torch.bfloat16 (float32 activations, matrices
+            rounded to bfloat16; halves the weight traffic of the C++ kernel) or torch.int8
+            (matrices quantised per row, `quantize_rows`; a quarter of the traffic, so the
+            weights of a published-size teacher split over two cores fit a 2 MiB L2).
         backend: "cpp" (the compiled kernel; float32/bfloat16 on CPU), "eager" (PyTorch ops,
             any device), or "auto": "cpp" where it applies and builds, otherwise "eager".
         threads: threads of the C++ kernel (default: torch.get_num_threads() at each call).
@@ -81,7 +83,7 @@ class IncrementalWaveNet:
             raise ValueError(f"unknown backend '{backend}': use one of {BACKENDS}")
         stack_dtype = next(stack.parameters()).dtype
         self.weight_dtype = dtype or stack_dtype
-        if self.weight_dtype not in (torch.float32, torch.float64, torch.bfloat16):
+        if self.weight_dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.int8):
             raise ValueError(f"unsupported dtype {self.weight_dtype}")
         self.compute_dtype = torch.float64 if self.weight_dtype == torch.float64 else torch.float32
         self.backend, self.threads = backend, threads
@@ -330,7 +332,9 @@ class IncrementalWaveNet:
         if self.backend == "eager" or (self.backend == "auto" and not applies):
             return False
         if not applies:
-            raise ValueError("the cpp backend needs a CPU float32/bfloat16 model and a known head")
+            raise ValueError(
+                "the cpp backend needs a CPU float32/bfloat16/int8 model and a known head"
+            )
         if kernel.load_kernel() is None:
             if self.backend == "cpp":
                 raise RuntimeError(f"the C++ kernel is unavailable: {kernel.kernel_error()}")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from wavflow.distributions import GaussianOutput, LogisticMixtureOutput, shift_by_excitation
-from wavflow.generation.folding import FoldedStack
+from wavflow.generation.folding import FoldedStack, stored_matrix
 from wavflow.generation.state import GenerationState
 
 Head = GaussianOutput | LogisticMixtureOutput
@@ -49,7 +49,7 @@ def eager_weights(folded: FoldedStack, weight_dtype: torch.dtype, device: torch.
     half = gates // 2
 
     def matrix(weight: Tensor) -> Tensor:  # the storage dtype's rounding, in the compute dtype
-        return weight.to(weight_dtype).to(compute)
+        return stored_matrix(weight, weight_dtype, compute)
 
     residual = torch.cat(
         [matrix(folded.residual), folded.residual_bias.to(compute).unsqueeze(1)], 1

@@ -123,3 +123,26 @@ def fold_stack(stack: WaveNetStack) -> FoldedStack:
         out=weight(stack.head_out)[:, :, 0].T.contiguous(),
         out_bias=bias(stack.head_out),
     )
+
+
+def quantize_rows(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row symmetric int8 quantisation of an (..., K, N) matrix: w[k, n] ~ scale[k] q[k, n].
+
+    One scale per input row k (max |w[k, :]| / 127) rather than per output column: the scale
+    then multiplies the activation that row reads, once per row, and the kernel's panels stay
+    plain integers. Returns q (..., K, N) int8 and scale (..., K) float32 (1 for an all-zero
+    row, such as padding).
+    """
+    peak = matrix.abs().amax(dim=-1)
+    scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak))
+    q = torch.round(matrix / scale.unsqueeze(-1)).clamp(-127, 127).to(torch.int8)
+    return q, scale.to(torch.float32)
+
+
+def stored_matrix(matrix: Tensor, weight_dtype: torch.dtype, compute: torch.dtype) -> Tensor:
+    """`matrix` (..., K, N) as the C++ kernel stores it (rounded to bfloat16, or quantised to
+    int8 rows by `quantize_rows`), back in the compute dtype: what the eager step multiplies."""
+    if weight_dtype == torch.int8:
+        q, scale = quantize_rows(matrix.to(torch.float32))
+        return (q.to(compute) * scale.to(compute).unsqueeze(-1)).to(compute)
+    return matrix.to(weight_dtype).to(compute)

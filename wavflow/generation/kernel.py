@@ -9,10 +9,11 @@ library whose layout differs from the ctypes mirrors below is refused, since a m
 corrupt memory silently. If the compiler is missing or the build, load or check fails,
 `load_kernel` returns None (one warning) and generation falls back to the eager step.
 
-The kernel runs the whole step loop in one call: float32 activations with float32 or bfloat16
-weights. Besides fusing everything, it reads each layer's past-tap weights once per d steps,
-runs groups of items on separate threads and, for small batches, splits a group's gate units
-over threads (dropping to one thread if another process keeps a core busy).
+The kernel runs the whole step loop in one call: float32 activations with float32, bfloat16
+or int8 weights (one scale per matrix row, `quantize_rows`). Besides fusing everything, it
+reads each layer's past-tap weights once per d steps, runs groups of items on separate threads
+and, for small batches, splits a group's gate units over threads (dropping to one thread if
+another process keeps a core busy).
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from torch import Tensor
 
 from wavflow.distributions import LogisticMixtureOutput
 from wavflow.generation.eager import Head, Inputs
-from wavflow.generation.folding import FoldedStack
+from wavflow.generation.folding import FoldedStack, quantize_rows
 from wavflow.generation.state import GenerationState
 
 # Bump with WAVFLOW_ABI_VERSION in the source whenever Net, Head or Job change.
-ABI_VERSION = 2
+ABI_VERSION = 3
 # Floats of precomputed cond projections per group of rows, few enough to stay in cache next
 # to the weights.
 KERNEL_CHUNK_FLOATS = 2**18
@@ -63,6 +64,9 @@ _NET_POINTERS = (
     "dilations dilated cond_w gate_b residual_w residual_b skip_w skip_b hidden_w hidden_b"
     " out_w out_b input_w input_b"
 )
+# int8 weights' row scales, one array per matrix (null pointers for float weights).
+_SCALE_POINTERS = "dilated_s cond_s residual_s skip_s hidden_s out_s"
+WEIGHT_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
 
 def _fields(*groups: tuple[type, str]) -> list[tuple[str, type]]:
@@ -74,8 +78,9 @@ class _Net(ctypes.Structure):
     """Mirrors `struct Net`: padded sizes, then weight pointers."""
 
     _fields_ = _fields(
-        (_INT, "n_layers kernel residual gates skip params input_kernel cond bf16"),
+        (_INT, "n_layers kernel residual gates skip params input_kernel cond weight_kind"),
         (_PTR, _NET_POINTERS),
+        (_PTR, _SCALE_POINTERS),
     )
 
 
@@ -265,18 +270,25 @@ def pack_weights(folded: FoldedStack, weight_dtype: torch.dtype) -> dict[str, Te
         split = matrix.reshape(*lead, rows, cols // PANEL, PANEL)
         return split.transpose(-3, -2).to(weight_dtype).contiguous()
 
+    def stored(name: str, matrix: Tensor) -> dict[str, Tensor]:  # panels, and int8 row scales
+        if weight_dtype != torch.int8:
+            return {name: panels(matrix)}
+        q, scale = quantize_rows(matrix.to(torch.float32))
+        return {name: panels(q), name.removesuffix("_w") + "_s": scale.flatten().contiguous()}
+
     dilated = gate_columns(folded.dilated.view(n_layers, kernel, residual, gates))
     cond = gate_columns(folded.cond.view(-1, n_layers, gates)).flatten(1)
-    packed = {
-        "dilated": panels(_pad(dilated, {2: r_pad}).flatten(1, 2)),
-        "cond_w": panels(cond),
-        "residual_w": panels(_pad(folded.residual, {1: h_pad, 2: r_pad})),
-        "skip_w": panels(
-            _pad(folded.skip.view(n_layers, half, skip), {1: h_pad, 2: s_pad}).flatten(0, 1)
-        ),
-        "hidden_w": panels(_pad(folded.hidden, {0: s_pad, 1: s_pad})),
-        "out_w": panels(_pad(folded.out, {0: s_pad, 1: p_pad})),
+    matrices = {
+        "dilated": _pad(dilated, {2: r_pad}).flatten(1, 2),
+        "cond_w": cond,
+        "residual_w": _pad(folded.residual, {1: h_pad, 2: r_pad}),
+        "skip_w": _pad(folded.skip.view(n_layers, half, skip), {1: h_pad, 2: s_pad}).flatten(0, 1),
+        "hidden_w": _pad(folded.hidden, {0: s_pad, 1: s_pad}),
+        "out_w": _pad(folded.out, {0: s_pad, 1: p_pad}),
     }
+    packed = {}
+    for name, matrix in matrices.items():
+        packed |= stored(name, matrix)
     vectors = {
         "gate_b": gate_columns(folded.gate_bias.view(n_layers, gates)).flatten(),
         "residual_b": _pad(folded.residual_bias, {1: r_pad}),
@@ -291,6 +303,41 @@ def pack_weights(folded: FoldedStack, weight_dtype: torch.dtype) -> dict[str, Te
     return packed
 
 
+def weight_traffic(
+    folded: FoldedStack, weight_dtype: torch.dtype, threads: int
+) -> tuple[dict[str, float], float]:
+    """Bytes of weights one of `threads` threads reads per step at batch 1, by kernel section,
+    and its working set: the bytes of all the matrix parts it touches.
+
+    The gate units (the current tap, past taps, cond projection) and the skip channels are
+    split over the threads; each thread computes the whole residual and head. Past taps cost
+    (K - 1) R G / d per step (read once per block of d steps; every step where d = 1), the
+    cond projection its matrix once per chunk of steps. A working set larger than a cache means
+    the weights come back from the level beyond it (every block of the longest dilation). int8
+    adds a float32 scale per matrix row.
+    """
+    n_layers, kernel_size, residual, gates, skip, n_params = folded.sizes
+    size = torch.empty(0, dtype=weight_dtype).element_size()
+    row = 4 if weight_dtype == torch.int8 else 0  # the row scales
+    half, share = gates // 2, 1 / threads
+    split_row = gates * size * share + row  # one row of a gate-split matrix
+    cond_rows = folded.cond.shape[0]
+    steps_per_chunk = max(1, min(1024, KERNEL_CHUNK_FLOATS // (n_layers * gates)))
+    whole = {
+        "current tap": n_layers * residual * split_row,
+        "past taps": n_layers * (kernel_size - 1) * residual * split_row,
+        "cond projection": cond_rows * (n_layers * gates * size * share + row),
+        "residual": (n_layers - 1) * half * (residual * size + row),
+        "skip": n_layers * half * (skip * size * share + row),
+        "head": skip * ((skip + n_params) * size + 2 * row),
+    }
+    per_step = dict(whole)
+    past_per_step = sum((kernel_size - 1) / d for d in folded.dilations) * residual * split_row
+    per_step["past taps"] = past_per_step
+    per_step["cond projection"] = whole["cond projection"] / steps_per_chunk
+    return per_step, sum(whole.values())
+
+
 def _net(folded: FoldedStack, packed: dict[str, Tensor], weight_dtype: torch.dtype) -> _Net:
     n_layers, kernel, *_ = folded.sizes
     return _Net(
@@ -302,8 +349,12 @@ def _net(folded: FoldedStack, packed: dict[str, Tensor], weight_dtype: torch.dty
         params=packed["out_b"].numel(),
         input_kernel=packed["input_w"].shape[0],
         cond=folded.cond.shape[0],
-        bf16=int(weight_dtype == torch.bfloat16),
+        weight_kind=WEIGHT_KINDS[weight_dtype],
         **{name: packed[name].data_ptr() for name in _NET_POINTERS.split()},
+        **{
+            name: packed[name].data_ptr() if name in packed else None
+            for name in _SCALE_POINTERS.split()
+        },
     )
 
 
