@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from wavflow.checkpoint import pitch_arguments
+from wavflow.checkpoint import spec_and_sizes
 from wavflow.config import load_recipe
 from wavflow.flows import FlowModel, build_student
 from wavflow.timing import cpu_name
@@ -58,8 +58,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
     features = recipe.features
-    pitch = pitch_arguments(recipe)
-    if not pitch:
+    if not recipe.conditioning.harmonics:
         raise SystemExit(f"{args.recipe}: [conditioning] has no pitch; the source needs it")
     frames = round(args.seconds * features.sample_rate / features.hop_length)
     generator = torch.Generator().manual_seed(0)
@@ -70,18 +69,13 @@ def main() -> None:
         f"{args.seconds:g} s at {features.sample_rate} Hz"
     )
     for kind in ("iaf", "squeezewave"):
-        sizes = {**recipe.student.sizes(kind), **pitch, "envelope": True}
+        spec, sizes = spec_and_sizes(recipe, 0, recipe.student.sizes(kind))
+        sizes = {**sizes, "envelope": True}
         sizes.setdefault("envelope_taps", 1024)
         times: dict[str, list[float]] = {name: [] for name in PRIORS}
         for _ in range(args.builds):
             for name, prior in PRIORS.items():
-                model = build_student(
-                    kind,
-                    features.n_mels,
-                    features.hop_length,
-                    features=features,
-                    **{**sizes, **prior},
-                )
+                model = build_student(kind, spec, features=features, **{**sizes, **prior})
                 times[name].append(time_synthesis(model, feats, f0, args.runs))
         medians = {name: statistics.median(t) for name, t in times.items()}
         cells = ", ".join(

@@ -26,6 +26,7 @@ from wavflow.benchmark import BENCH_FEATURES, time_naive_steps
 from wavflow.benchmark import DTYPES as BENCH_DTYPES
 from wavflow.config import TeacherConfig
 from wavflow.generation import IncrementalWaveNet, kernel_cache_dir, kernel_error
+from wavflow.nn.conditioning import ConditioningSpec
 from wavflow.teacher import WaveNet
 from wavflow.timing import cpu_name
 
@@ -63,7 +64,9 @@ def build_teacher(seed: int) -> WaveNet:
     """Random weights at the benchmark size; default init (no training needed for timing)."""
     torch.manual_seed(seed)
     sizes = asdict(TeacherConfig())  # the paper size, as `wavflow bench`
-    return WaveNet(BENCH_FEATURES.n_mels, BENCH_FEATURES.hop_length, **sizes).eval()
+    del sizes["speaker_channels"]  # the width of a speaker embedding, which `spec` has not
+    spec = ConditioningSpec(BENCH_FEATURES.n_mels, BENCH_FEATURES.hop_length, SAMPLE_RATE)
+    return WaveNet(spec, **sizes).eval()
 
 
 def make_inputs(

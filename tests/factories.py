@@ -9,6 +9,7 @@ recipes: `STUDENT_SIZES`, `TINY_STUDENTS`, `student_checkpoint`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from wavflow.checkpoint import checkpoint_state, save_checkpoint, speaker_count
 from wavflow.config import Recipe, load_recipe
 from wavflow.flows import STUDENTS, build_student
 from wavflow.flows.base import FlowModel
+from wavflow.nn.conditioning import ConditioningSpec
 from wavflow.teacher import WaveNet
 
 N_MELS, HOP = 8, 4
@@ -30,6 +32,18 @@ TINY_WAVENET = dict(
 SMALLEST_WAVENET = dict(
     n_layers=2, n_cycles=1, kernel_size=3, residual_channels=4, gate_channels=8, skip_channels=4
 )
+_SPEC_SETTINGS = {spec_field.name for spec_field in dataclasses.fields(ConditioningSpec)}
+
+
+def _split_spec(
+    n_mels: int, hop_length: int, options: dict[str, object]
+) -> tuple[ConditioningSpec, dict[str, object]]:
+    """The `ConditioningSpec` of `n_mels`, `hop_length` and the spec's settings among `options`
+    (n_speakers, n_harmonics, ...), and the other options (the model's own arguments)."""
+    spec = ConditioningSpec(
+        n_mels, hop_length, **{k: v for k, v in options.items() if k in _SPEC_SETTINGS}
+    )
+    return spec, {k: v for k, v in options.items() if k not in _SPEC_SETTINGS}
 
 
 def tiny_teacher(
@@ -50,11 +64,12 @@ def tiny_teacher(
             N(0, head_std^2), so the head's parameters depend on the input.
         seed: of torch's global generator, set before the model is built.
         n_mels, hop_length: the mel settings.
-        **options: other `WaveNet` arguments, sizes included (they replace `TINY_WAVENET`'s).
+        **options: other `WaveNet` arguments, sizes included (they replace `TINY_WAVENET`'s),
+            and other settings of its `ConditioningSpec`.
     """
     torch.manual_seed(seed)
-    arguments = TINY_WAVENET | {"n_mixtures": 3} | options
-    model = WaveNet(n_mels, hop_length, output=output, **arguments)
+    spec, arguments = _split_spec(n_mels, hop_length, TINY_WAVENET | {"n_mixtures": 3} | options)
+    model = WaveNet(spec, output=output, **arguments)
     if head_std is not None:
         with torch.no_grad():
             model.stack.head_out.weight.normal_(0.0, head_std)
@@ -71,11 +86,13 @@ def tiny_student(
     hop_length: int = HOP,
     **options: object,
 ) -> FlowModel:
-    """The student `kind` at its "tiny" preset, updated by `options`, in train mode, its
-    output convs at zero (each coupling and IAF layer the identity), cast to `dtype`."""
+    """The student `kind` at its "tiny" preset, updated by `options` (sizes and settings of its
+    `ConditioningSpec`), in train mode, its output convs at zero (each coupling and IAF layer
+    the identity), cast to `dtype`."""
     torch.manual_seed(seed)
-    sizes = STUDENTS[kind].PRESETS["tiny"] | options
-    return build_student(kind, n_mels, hop_length, n_speakers, **sizes).to(dtype)
+    options = STUDENTS[kind].PRESETS["tiny"] | options | {"n_speakers": n_speakers}
+    spec, sizes = _split_spec(n_mels, hop_length, options)
+    return build_student(kind, spec, **sizes).to(dtype)
 
 
 def mel_and_f0(

@@ -21,6 +21,7 @@ from wavflow.distill import (
 from wavflow.distributions import GaussianOutput
 from wavflow.flows import IAFStudent, WaveGlow
 from wavflow.flows.base import StandardGaussian, StandardLogistic
+from wavflow.nn.conditioning import ConditioningSpec
 from wavflow.teacher import WaveNet
 
 MEAN_P, LOG_SCALE_P = 0.3, -0.5
@@ -38,7 +39,9 @@ def constant_teacher(output: str = "gaussian") -> WaveNet:
 
 def identity_student(base: str = "gaussian") -> IAFStudent:
     torch.manual_seed(1)
-    return IAFStudent(8, 4, base=base, flow_layers=(2, 2), layers_per_cycle=2, channels=8).double()
+    return IAFStudent(
+        ConditioningSpec(8, 4), base=base, flow_layers=(2, 2), layers_per_cycle=2, channels=8
+    ).double()
 
 
 def exact_kl() -> float:
@@ -119,8 +122,9 @@ def test_gradients_reach_every_student_parameter_and_no_teacher_parameter(studen
         student = identity_student()
     else:
         torch.manual_seed(1)
+        spec = ConditioningSpec(8, 4)
         student = WaveGlow(
-            8, 4, n_flows=2, n_layers=2, channels=8, group=4, early_every=4, early_channels=2
+            spec, n_flows=2, n_layers=2, channels=8, group=4, early_every=4, early_channels=2
         ).double()
     teacher = constant_teacher()
     _perturb(student)

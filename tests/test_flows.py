@@ -71,7 +71,10 @@ FEATURES = FeatureConfig(
 # F0 of the pitch-conditioned students' cases, (BATCH, FRAMES) Hz at 16 kHz: periods of 5-8
 # samples, so that their pulses show within T = 16; 0 = unvoiced.
 PITCH = torch.tensor([[2000.0, 0.0, 2500.0, 3200.0], [0.0, 2000.0, 2000.0, 0.0]], dtype=DTYPE)
-PITCH_SIZES = {"n_harmonics": 2, "sample_rate": 16000}
+# What the students' cases condition on: the mels alone, with 2 speakers, or with 2 harmonics.
+SPEC = ConditioningSpec(N_MELS, HOP)
+SPEAKERS_SPEC = ConditioningSpec(N_MELS, HOP, n_speakers=2)
+PITCH_SPEC = ConditioningSpec(N_MELS, HOP, sample_rate=16000, n_harmonics=2)
 
 
 @dataclass
@@ -105,11 +108,10 @@ def coupling_sizes() -> dict:
     return {"n_layers": 2, "kernel_size": 3, "hidden_channels": 6}
 
 
-def spectral_squeezewave(**options: object) -> SqueezeWave:
+def spectral_squeezewave(spec: ConditioningSpec = SPEC, **options: object) -> SqueezeWave:
     """A tiny SqueezeWave (fold 2, no early outputs) with the spectrally shaped prior."""
     return SqueezeWave(
-        N_MELS,
-        HOP,
+        spec,
         n_flows=2,
         fold=2,
         n_layers=1,
@@ -226,14 +228,14 @@ LAYER_CASES = [
 STUDENT_CASES = [
     Case(
         "student_iaf_logistic",
-        lambda: IAFStudent(N_MELS, HOP, **IAFStudent.PRESETS["tiny"]),
+        lambda: IAFStudent(SPEC, **IAFStudent.PRESETS["tiny"]),
         reads_cond=True,
         has_identity_init=True,
         is_iaf=True,
     ),
     Case(
         "student_iaf_gaussian",
-        lambda: IAFStudent(N_MELS, HOP, 2, **{**IAFStudent.PRESETS["tiny"], "base": "gaussian"}),
+        lambda: IAFStudent(SPEAKERS_SPEC, **{**IAFStudent.PRESETS["tiny"], "base": "gaussian"}),
         reads_cond=True,
         has_identity_init=True,
         is_iaf=True,
@@ -241,15 +243,14 @@ STUDENT_CASES = [
     ),
     Case(  # output scaled by the mel's level (mel-adaptive prior)
         "student_iaf_envelope",
-        lambda: IAFStudent(N_MELS, HOP, **IAFStudent.PRESETS["tiny"], envelope=True),
+        lambda: IAFStudent(SPEC, **IAFStudent.PRESETS["tiny"], envelope=True),
         reads_cond=True,
         is_iaf=True,
     ),
     Case(  # output filtered by the mel's spectral envelope (spectrally shaped prior)
         "student_iaf_spectral_envelope",
         lambda: IAFStudent(
-            N_MELS,
-            HOP,
+            SPEC,
             **IAFStudent.PRESETS["tiny"],
             envelope=True,
             envelope_taps=8,
@@ -262,10 +263,8 @@ STUDENT_CASES = [
     Case(  # pulses at F0 where voiced (harmonic-plus-noise source), then the spectral envelope
         "student_iaf_harmonic_source",
         lambda: IAFStudent(
-            N_MELS,
-            HOP,
+            PITCH_SPEC,
             **IAFStudent.PRESETS["tiny"],
-            **PITCH_SIZES,
             envelope=True,
             envelope_taps=8,
             features=FEATURES,
@@ -278,42 +277,42 @@ STUDENT_CASES = [
     ),
     Case(
         "student_waveglow",
-        lambda: WaveGlow(N_MELS, HOP, lu=True, **WaveGlow.PRESETS["tiny"]),
+        lambda: WaveGlow(SPEC, lu=True, **WaveGlow.PRESETS["tiny"]),
         reads_cond=True,
     ),
     Case(
         "student_flowavenet",
-        lambda: FloWaveNet(N_MELS, HOP, 2, **FloWaveNet.PRESETS["tiny"]),
+        lambda: FloWaveNet(SPEAKERS_SPEC, **FloWaveNet.PRESETS["tiny"]),
         reads_cond=True,
         n_speakers=2,
     ),
     Case(
         "student_flowavenet_split_every_2",
-        lambda: FloWaveNet(N_MELS, HOP, **{**FloWaveNet.PRESETS["tiny"], "blocks_per_split": 2}),
+        lambda: FloWaveNet(SPEC, **{**FloWaveNet.PRESETS["tiny"], "blocks_per_split": 2}),
         reads_cond=True,
     ),
     Case(  # fold 8 > hop 4: two frames stacked per step
         "student_squeezewave",
-        lambda: SqueezeWave(N_MELS, HOP, **SqueezeWave.PRESETS["tiny"]),
+        lambda: SqueezeWave(SPEC, **SqueezeWave.PRESETS["tiny"]),
         reads_cond=True,
     ),
     Case(  # fold 2 < hop 4: each frame repeated for two steps; no early outputs
         "student_squeezewave_fold_2_lu",
         lambda: SqueezeWave(
-            N_MELS, HOP, 2, n_flows=3, fold=2, n_layers=2, channels=6, early_channels=0, lu=True
+            SPEAKERS_SPEC, n_flows=3, fold=2, n_layers=2, channels=6, early_channels=0, lu=True
         ),
         reads_cond=True,
         n_speakers=2,
     ),
     Case(  # with a learned output scale that starts quiet
         "student_squeezewave_quiet",
-        lambda: SqueezeWave(N_MELS, HOP, **SqueezeWave.PRESETS["tiny"], init_log_scale=-0.5),
+        lambda: SqueezeWave(SPEC, **SqueezeWave.PRESETS["tiny"], init_log_scale=-0.5),
         reads_cond=True,
     ),
     Case(  # folded output scaled by the mel's level (mel-adaptive prior)
         "student_squeezewave_envelope",
         lambda: SqueezeWave(
-            N_MELS, HOP, 2, **SqueezeWave.PRESETS["tiny"], envelope=True, envelope_offset=-1.0
+            SPEAKERS_SPEC, **SqueezeWave.PRESETS["tiny"], envelope=True, envelope_offset=-1.0
         ),
         reads_cond=True,
         n_speakers=2,
@@ -325,14 +324,14 @@ STUDENT_CASES = [
     ),
     Case(  # pulses at F0 added where voiced after the couplings, then the spectral envelope
         "student_squeezewave_harmonic_source",
-        lambda: spectral_squeezewave(**PITCH_SIZES, harmonic_source=True),
+        lambda: spectral_squeezewave(PITCH_SPEC, harmonic_source=True),
         reads_cond=True,
         pitch=True,
     ),
     Case(  # fold = hop: one frame per step; an early output after every flow
         "student_squeezewave_fold_hop",
         lambda: SqueezeWave(
-            N_MELS, HOP, n_flows=2, fold=4, n_layers=1, channels=4, early_every=1, early_channels=2
+            SPEC, n_flows=2, fold=4, n_layers=1, channels=4, early_every=1, early_channels=2
         ),
         reads_cond=True,
     ),
@@ -630,7 +629,7 @@ def test_squeeze_folds_cond_and_rejects_odd_lengths() -> None:
     assert keep.transform_cond(x) is x and keep.transform_cond(x, inverse=True) is x
     with pytest.raises(ValueError, match="factor=5"):
         Squeeze(5)(z)
-    model = WaveGlow(N_MELS, HOP, **WaveGlow.PRESETS["tiny"])
+    model = WaveGlow(SPEC, **WaveGlow.PRESETS["tiny"])
     with pytest.raises(ValueError, match="divisible by 4"):
         model.sample(torch.randn(1, N_MELS, 14))
 
@@ -649,7 +648,7 @@ def test_temperature_zero_is_the_mean_path(case: Case) -> None:
 
 
 def test_waveglow_early_outputs_leave_where_nvidia_does() -> None:
-    model = WaveGlow(N_MELS, HOP, n_flows=6, n_layers=2, channels=4, group=6, early_every=2)
+    model = WaveGlow(SPEC, n_flows=6, n_layers=2, channels=4, group=6, early_every=2)
     widths = [
         m.n_condition + m.n_transform for m in model.modules() if isinstance(m, AffineCoupling)
     ]
@@ -660,9 +659,9 @@ def test_waveglow_early_outputs_leave_where_nvidia_does() -> None:
 
 
 def test_flowavenet_blocks_and_splits() -> None:
-    model = FloWaveNet(N_MELS, HOP, n_blocks=4, flows_per_block=2, n_layers=1, channels=4)
+    model = FloWaveNet(SPEC, n_blocks=4, flows_per_block=2, n_layers=1, channels=4)
     model_split = FloWaveNet(
-        N_MELS, HOP, n_blocks=4, flows_per_block=2, n_layers=1, channels=4, blocks_per_split=2
+        SPEC, n_blocks=4, flows_per_block=2, n_layers=1, channels=4, blocks_per_split=2
     )
     assert sum(isinstance(m, ActNorm) for m in model.modules()) == 4 * 2
     assert not any(isinstance(m, FactorOut) for m in model.modules())  # 4 blocks, split every 4
@@ -690,14 +689,14 @@ def test_base_distributions() -> None:
 
 def test_build_student_validates_kind_and_sizes() -> None:
     for kind, cls in STUDENTS.items():
-        model = build_student(kind, N_MELS, HOP, 0, **cls.PRESETS["tiny"])
+        model = build_student(kind, SPEC, **cls.PRESETS["tiny"])
         assert isinstance(model, cls)
         for preset in cls.PRESETS.values():
             assert set(preset) <= set(student_sizes(kind))
     with pytest.raises(ValueError, match="iaf, waveglow, flowavenet"):
-        build_student("wavernn", N_MELS, HOP)
+        build_student("wavernn", SPEC)
     with pytest.raises(ValueError, match="'n_flow'"):
-        build_student("waveglow", N_MELS, HOP, n_flow=3)
+        build_student("waveglow", SPEC, n_flow=3)
 
 
 # bf16 inference: every student samples in bfloat16, close to its float32 samples (same noise).
@@ -779,7 +778,7 @@ def test_squeezewave_published_layout() -> None:
     """SqueezeWave-128L's flows (channels shrunk): 128 samples per step, 16 channels out every
     2 flows, cond at the folded rate, and T = fold * cond's length."""
     preset = {**SqueezeWave.PRESETS["squeezewave_128l"], "channels": 4, "n_layers": 1}
-    model = SqueezeWave(80, 256, **preset)
+    model = SqueezeWave(ConditioningSpec(80, 256), **preset)
     widths = [
         m.n_condition + m.n_transform for m in model.modules() if isinstance(m, AffineCoupling)
     ]
@@ -794,7 +793,7 @@ def test_squeezewave_published_layout() -> None:
     for name in ("squeezewave", "squeezewave_64l", "squeezewave_128s", "squeezewave_64s"):
         assert SqueezeWave.PRESETS[name]["fold"] in (128, 256)
     with pytest.raises(ValueError, match="at least 2"):
-        SqueezeWave(80, 256, n_flows=12, fold=64, early_channels=16)
+        SqueezeWave(ConditioningSpec(80, 256), n_flows=12, fold=64, early_channels=16)
 
 
 def test_gated_tanh_is_tanh_times_sigmoid() -> None:

@@ -16,6 +16,7 @@ from wavflow.config import FeatureConfig, RecipeError, load_recipe
 from wavflow.flows import IAFStudent, SqueezeWave
 from wavflow.flows.layers import HarmonicShift
 from wavflow.nn.conditioning import (
+    ConditioningSpec,
     F0Predictor,
     excitation_phase,
     harmonic_excitation,
@@ -143,14 +144,11 @@ def test_pitch_teacher_is_causal_and_naive_matches_teacher_forcing():
 def test_iaf_shift_carries_the_excitation():
     torch.manual_seed(0)
     student = IAFStudent(
-        8,
-        16,
+        ConditioningSpec(8, 16, sample_rate=16000, n_harmonics=3),
         base="gaussian",
         flow_layers=(2, 2),
         layers_per_cycle=2,
         channels=8,
-        n_harmonics=3,
-        sample_rate=16000,
     ).double()
     with torch.no_grad():
         for flow in student.flow.flows:
@@ -170,8 +168,8 @@ def test_iaf_shift_carries_the_excitation():
 def _pitch_squeezewave() -> SqueezeWave:
     """A tiny SqueezeWave (fold 8, hop 16) with pitch, its harmonic weights made non-zero."""
     torch.manual_seed(0)
-    sizes = {**SqueezeWave.PRESETS["tiny"], "n_harmonics": 3, "sample_rate": 16000}
-    student = SqueezeWave(8, 16, **sizes).double()
+    spec = ConditioningSpec(8, 16, sample_rate=16000, n_harmonics=3)
+    student = SqueezeWave(spec, **SqueezeWave.PRESETS["tiny"]).double()
     with torch.no_grad():
         for layer in student.modules():
             if isinstance(layer, HarmonicShift):

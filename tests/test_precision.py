@@ -19,6 +19,7 @@ from wavflow.config import DistillConfig, load_recipe
 from wavflow.data import PreparedData, SegmentDataset
 from wavflow.distill import DistillLoss
 from wavflow.flows import IAFStudent, WaveGlow
+from wavflow.nn.conditioning import ConditioningSpec
 from wavflow.nn.wavenet import WaveNetStack
 from wavflow.objectives import LikelihoodLoss, likelihood_objective
 from wavflow.training import train
@@ -98,9 +99,11 @@ def _tiny_teacher() -> torch.nn.Module:
 def test_kl_terms_under_autocast_are_float32_and_close(estimator: str) -> None:
     torch.manual_seed(1)
     if estimator == "sample":
-        student = WaveGlow(20, 64, **WaveGlow.PRESETS["tiny"])
+        student = WaveGlow(ConditioningSpec(20, 64), **WaveGlow.PRESETS["tiny"])
     else:
-        student = IAFStudent(20, 64, **{**IAFStudent.PRESETS["tiny"], "base": "gaussian"})
+        student = IAFStudent(
+            ConditioningSpec(20, 64), **{**IAFStudent.PRESETS["tiny"], "base": "gaussian"}
+        )
     perturb(student, std=0.05)
     cfg = DistillConfig(weights={"kl": 1.0}, kl_estimator=estimator, skip_receptive_field=False)
     loss = DistillLoss(student, _tiny_teacher(), cfg)

@@ -34,6 +34,7 @@ from wavflow.bench_report import markdown_table, plot_benchmark
 from wavflow.config import FeatureConfig, OptionError, TeacherConfig
 from wavflow.flows import STUDENTS, build_student
 from wavflow.metrics import log_mel_distance
+from wavflow.nn.conditioning import ConditioningSpec
 from wavflow.nn.conv import remove_weight_norm
 from wavflow.teacher import WaveNet
 from wavflow.timing import (
@@ -88,18 +89,21 @@ class BenchRow:
 def bench_models(settings: BenchSettings) -> dict[str, nn.Module]:
     """Random-weight models: the teacher at `TeacherConfig` defaults (24 layers, 4 cycles,
     128/256/128, mixture of logistics) updated by `teacher_sizes`, and each student at its
-    preset (the published sizes by default)."""
+    preset (the published sizes by default), all conditioned on the mels of `BENCH_FEATURES`
+    alone (80 bands, hop 256 at 22,050 Hz; no speakers, no pitch)."""
+    spec = ConditioningSpec(
+        BENCH_FEATURES.n_mels, BENCH_FEATURES.hop_length, BENCH_FEATURES.sample_rate
+    )
     models: dict[str, nn.Module] = {}
     torch.manual_seed(0)
     if any(m.startswith("teacher") for m in settings.methods):
         sizes = asdict(TeacherConfig()) | settings.teacher_sizes
-        models["teacher"] = WaveNet(BENCH_FEATURES.n_mels, BENCH_FEATURES.hop_length, **sizes)
+        del sizes["speaker_channels"]  # the width of a speaker embedding, which `spec` has not
+        models["teacher"] = WaveNet(spec, **sizes)
     for name in settings.methods:
         if name in STUDENTS:
             preset = STUDENTS[name].PRESETS[settings.student_presets[name]]
-            models[name] = build_student(
-                name, BENCH_FEATURES.n_mels, BENCH_FEATURES.hop_length, **preset
-            )
+            models[name] = build_student(name, spec, **preset)
     for model in models.values():
         _randomise_zero_layers(model)
         remove_weight_norm(model.eval())

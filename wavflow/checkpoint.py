@@ -7,7 +7,7 @@ A checkpoint is a dict of tensors and plain data only, loaded with `torch.load(w
     optimizer (state_dict), step, best_val, bad_steps,
     rng ({"torch": [CPU state of each rank], "cuda": [CUDA state of each rank]})
 
-The config and the speakers determine the model's `ConditioningSpec` (`conditioning_arguments`),
+The config and the speakers determine the model's `ConditioningSpec` (`spec_and_sizes`),
 so a loaded model has the spec it was trained with, and `load_teacher` compares it with the
 student's.
 """
@@ -45,10 +45,8 @@ def build_teacher(recipe: Recipe, n_speakers: int = 0) -> WaveNet:
         RecipeError: the sizes do not make a model (the message names `[teacher]`).
     """
     with _sizes_of("teacher"):
-        model = WaveNet(
-            features=recipe.features,
-            **dataclasses.asdict(recipe.teacher) | conditioning_arguments(recipe, n_speakers),
-        )
+        spec, sizes = spec_and_sizes(recipe, n_speakers, dataclasses.asdict(recipe.teacher))
+        model = WaveNet(spec, features=recipe.features, **sizes)
     return add_weight_norm(model)
 
 
@@ -63,11 +61,8 @@ def build_student(recipe: Recipe, n_speakers: int = 0, kind: str | None = None) 
 
     kind = kind or recipe.student.kind
     with _sizes_of(f"student.{kind}"):
-        return build_flow_student(
-            kind,
-            features=recipe.features,
-            **recipe.student.sizes(kind) | conditioning_arguments(recipe, n_speakers),
-        )
+        spec, sizes = spec_and_sizes(recipe, n_speakers, recipe.student.sizes(kind))
+        return build_flow_student(kind, spec, features=recipe.features, **sizes)
 
 
 @contextlib.contextmanager
@@ -80,32 +75,43 @@ def _sizes_of(section: str) -> Iterator[None]:
         raise RecipeError(f"[{section}] {error}") from error
 
 
-def conditioning_arguments(recipe: Recipe, n_speakers: int) -> dict[str, int]:
-    """The constructor arguments of the `ConditioningSpec` that a recipe gives every model, the
-    teacher and each student alike: the mel settings of `[features]`, the harmonics of
-    `[conditioning]` and `n_speakers` (`speaker_count` of the data's speakers). The embedding
-    width (`speaker_channels`) stays a size of the model's own section.
+# The `ConditioningSpec` settings a model's own section (`[teacher]`, `[student.<kind>]`) gives;
+# the others come from `[features]`, `[conditioning]` and the data.
+SECTION_SETTINGS = ("speaker_channels",)
 
-    A checkpoint keeps the recipe and the speakers, so `load_model` rebuilds the same spec.
+
+def spec_and_sizes(
+    recipe: Recipe, n_speakers: int, section: dict[str, Any]
+) -> tuple[ConditioningSpec, dict[str, Any]]:
+    """A model's `ConditioningSpec` from a recipe, and the model's other constructor arguments.
+
+    The spec is the one a recipe gives every model, the teacher and each student alike: the mel
+    settings of `[features]` (its sample rate in Hz), the harmonics of `[conditioning]` and
+    `n_speakers`; only the embedding width (`SECTION_SETTINGS`) is the model's own. A
+    checkpoint keeps the recipe and the speakers, so `load_model` rebuilds the same spec.
+
+    Args:
+        recipe: the resolved recipe.
+        n_speakers: `speaker_count` of the data's speakers (0: no speaker embedding).
+        section: the model's own section as keyword arguments (`[teacher]` or
+            `[student.<kind>]`).
+
+    Returns:
+        (the spec, `section` without `SECTION_SETTINGS`: the model's architecture arguments).
+
+    Raises:
+        ValueError: a setting out of range, named by `ConditioningSpec`.
     """
     features = recipe.features
-    return {
-        "n_mels": features.n_mels,
-        "hop_length": features.hop_length,
-        "sample_rate": features.sample_rate,
-        "n_speakers": n_speakers,
-        "n_harmonics": recipe.conditioning.harmonics,
-    }
-
-
-def pitch_arguments(recipe: Recipe) -> dict[str, int]:
-    """Constructor arguments of pitch conditioning ({} when `[conditioning]` has no pitch)."""
-    if not recipe.conditioning.harmonics:
-        return {}
-    return {
-        "n_harmonics": recipe.conditioning.harmonics,
-        "sample_rate": recipe.features.sample_rate,
-    }
+    spec = ConditioningSpec(
+        n_mels=features.n_mels,
+        hop_length=features.hop_length,
+        sample_rate=features.sample_rate,
+        n_speakers=n_speakers,
+        n_harmonics=recipe.conditioning.harmonics,
+        **{name: value for name, value in section.items() if name in SECTION_SETTINGS},
+    )
+    return spec, {name: value for name, value in section.items() if name not in SECTION_SETTINGS}
 
 
 def build_model(kind: str, recipe: Recipe, n_speakers: int = 0) -> nn.Module:

@@ -57,19 +57,15 @@ class WaveNet(nn.Module):
     above the real spectrum in quiet bands.
 
     Args:
-        n_mels: mel bands of the conditioning features.
-        hop_length: audio samples per mel frame (sets the upsampling factors).
+        spec: what the model is conditioned on (`ConditioningSpec`). With pitch (n_harmonics
+            K > 0), the stack also predicts an amplitude per excitation channel and sample, and
+            the location of x_t moves by sum_k a_k(t) e_k(t); the excitation also enters the
+            gates via `cond`.
         n_layers, n_cycles, kernel_size, residual_channels, gate_channels, skip_channels:
             the gated residual stack (see `WaveNetStack`).
         output: "gaussian" or "mol" (discretised mixture of logistics).
         n_mixtures: components of the "mol" head.
         log_scale_min: floor on predicted log-scales.
-        n_speakers: speakers for global conditioning (0: none).
-        speaker_channels: speaker embedding width.
-        n_harmonics: harmonics of the F0 excitation (0: no pitch). With pitch, the stack also
-            predicts an amplitude per excitation channel and sample, and the location of x_t
-            moves by sum_k a_k(t) e_k(t); the excitation also enters the gates via `cond`.
-        sample_rate: audio rate in Hz (for the excitation).
         envelope: model the envelope-normalised signal (above); `cond` gets the envelope
             channel.
         envelope_offset: c at initialisation (log RMS = e - 2.7 for 1024-point slaney log-mels,
@@ -92,8 +88,7 @@ class WaveNet(nn.Module):
 
     def __init__(
         self,
-        n_mels: int,
-        hop_length: int,
+        spec: ConditioningSpec,
         n_layers: int = 24,
         n_cycles: int = 4,
         kernel_size: int = 3,
@@ -103,10 +98,6 @@ class WaveNet(nn.Module):
         output: str = "mol",
         n_mixtures: int = 10,
         log_scale_min: float = -7.0,
-        n_speakers: int = 0,
-        speaker_channels: int = 16,
-        n_harmonics: int = 0,
-        sample_rate: int = 22050,
         envelope: bool = False,
         envelope_offset: float = -2.7,
         input_noise: float = 0.0,
@@ -121,9 +112,7 @@ class WaveNet(nn.Module):
         self._incremental: tuple[tuple, IncrementalWaveNet] | None = None  # see `incremental`
         self.head = build_output(output, n_mixtures, log_scale_min)
         self.conditioner = Conditioner(
-            ConditioningSpec(
-                n_mels, hop_length, sample_rate, n_speakers, speaker_channels, n_harmonics
-            ),
+            spec,
             envelope,
             packed_mel=bool(lpc_order),  # the LPC is fitted to the mel frames themselves
         )

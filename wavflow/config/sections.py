@@ -177,7 +177,8 @@ class ConditioningConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """The WaveNet teacher (`[teacher]`); passed whole to `WaveNet(**asdict(cfg))`.
+    """The WaveNet teacher (`[teacher]`): `WaveNet`'s arguments, `speaker_channels` in its
+    `ConditioningSpec` (`wavflow.checkpoint.spec_and_sizes`).
 
     Attributes:
         n_layers: residual blocks.
@@ -238,7 +239,8 @@ class StudentConfig:
 
     Attributes:
         kind: "iaf", "waveglow", "flowavenet" or "squeezewave".
-        iaf, waveglow, flowavenet, squeezewave: keyword arguments of each student's constructor.
+        iaf, waveglow, flowavenet, squeezewave: keyword arguments of each student's constructor,
+            and `speaker_channels` for its `ConditioningSpec` (`wavflow.checkpoint.spec_and_sizes`).
     """
 
     kind: str = "iaf"

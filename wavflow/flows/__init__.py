@@ -33,6 +33,7 @@ from wavflow.flows.source import HarmonicSource
 from wavflow.flows.spectral_envelope import SpectralEnvelope
 from wavflow.flows.squeezewave import DepthwiseWaveNet, FrameRateConditioner, SqueezeWave
 from wavflow.flows.waveglow import WaveGlow
+from wavflow.nn.conditioning import ConditioningSpec
 
 STUDENTS: dict[str, type[FlowModel]] = {
     "iaf": IAFStudent,
@@ -41,11 +42,12 @@ STUDENTS: dict[str, type[FlowModel]] = {
     "squeezewave": SqueezeWave,
 }
 
-_SHARED_ARGS = ("self", "n_mels", "hop_length", "n_speakers", "features")
+_SHARED_ARGS = ("self", "spec", "features")
 
 
 def student_sizes(kind: str) -> list[str]:
-    """The size arguments `build_student` accepts for `kind` (everything but the data ones)."""
+    """The size arguments `build_student` accepts for `kind` (everything but the spec and the
+    mel settings)."""
     if kind not in STUDENTS:
         raise ValueError(f"unknown student kind {kind!r}; valid kinds: {', '.join(STUDENTS)}")
     parameters = inspect.signature(STUDENTS[kind].__init__).parameters
@@ -54,9 +56,7 @@ def student_sizes(kind: str) -> list[str]:
 
 def build_student(
     kind: str,
-    n_mels: int,
-    hop_length: int,
-    n_speakers: int = 0,
+    spec: ConditioningSpec,
     features: FeatureConfig | None = None,
     **sizes: object,
 ) -> FlowModel:
@@ -64,9 +64,7 @@ def build_student(
 
     Args:
         kind: a key of `STUDENTS`.
-        n_mels: mel bands of the features.
-        hop_length: audio samples per frame.
-        n_speakers: speakers (0: none).
+        spec: what the student is conditioned on (`ConditioningSpec`).
         features: the mel settings, for students that declare `takes_features`.
         **sizes: the model's size arguments, e.g. `**IAFStudent.PRESETS["tiny"]`.
 
@@ -84,7 +82,7 @@ def build_student(
             )
     if STUDENTS[kind].takes_features:
         sizes["features"] = features
-    return STUDENTS[kind](n_mels, hop_length, n_speakers, **sizes)
+    return STUDENTS[kind](spec, **sizes)
 
 
 __all__ = [

@@ -42,9 +42,8 @@ class FloWaveNet(FlowModel):
     and ActNorm can initialise from either direction.
 
     Args:
-        n_mels: mel bands of `feats`.
-        hop_length: audio samples per frame.
-        n_speakers: speakers for global conditioning (0: none).
+        spec: what the model is conditioned on (`ConditioningSpec`); with pitch, the
+            excitation is part of the conditioning of every coupling transform.
         n_blocks: context blocks (T must be a multiple of 2^n_blocks).
         flows_per_block: flows in each block.
         n_layers: gated layers in each coupling's WaveNet (and in each prior's).
@@ -54,10 +53,6 @@ class FloWaveNet(FlowModel):
         blocks_per_split: factor half the channels out after every this many blocks
             (FloWaveNet's `block_per_split`; 1: after every block but the last).
         log_scale_bound: bound of the couplings' |log-scale| (soft clamp).
-        speaker_channels: speaker embedding width.
-        n_harmonics: harmonics of the F0 excitation appended to the conditioning of every
-            coupling transform (0: no pitch).
-        sample_rate: audio rate in Hz (for the excitation).
     """
 
     PRESETS: ClassVar[dict[str, dict]] = {
@@ -83,9 +78,7 @@ class FloWaveNet(FlowModel):
 
     def __init__(
         self,
-        n_mels: int,
-        hop_length: int,
-        n_speakers: int = 0,
+        spec: ConditioningSpec,
         n_blocks: int = 8,
         flows_per_block: int = 6,
         n_layers: int = 2,
@@ -94,17 +87,10 @@ class FloWaveNet(FlowModel):
         kernel_size: int = 3,
         blocks_per_split: int = 4,
         log_scale_bound: float = LOG_SCALE_BOUND,
-        speaker_channels: int = 16,
-        n_harmonics: int = 0,
-        sample_rate: int = 22050,
     ) -> None:
         if blocks_per_split < 1:
             raise ValueError(f"blocks_per_split must be >= 1, got {blocks_per_split}")
-        conditioner = Conditioner(
-            ConditioningSpec(
-                n_mels, hop_length, sample_rate, n_speakers, speaker_channels, n_harmonics
-            )
-        )
+        conditioner = Conditioner(spec)
 
         def coupling(flow_channels: int, cond_channels: int) -> AffineCoupling:
             return AffineCoupling(

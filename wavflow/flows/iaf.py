@@ -153,9 +153,8 @@ class IAFStudent(FlowModel):
     field: seconds for a few hundred samples on CPU, impractical for whole utterances).
 
     Args:
-        n_mels: mel bands of `feats`.
-        hop_length: audio samples per frame.
-        n_speakers: speakers for global conditioning (0: none).
+        spec: what the student is conditioned on (`ConditioningSpec`); with pitch, the
+            excitation enters every step's shift.
         base: "logistic" (Parallel WaveNet) or "gaussian" (ClariNet).
         flow_layers: gated layers of each step's WaveNet, e.g. (10, 10, 10, 30).
         layers_per_cycle: dilations 1 .. 2^(layers_per_cycle - 1) repeat every this many layers.
@@ -164,9 +163,6 @@ class IAFStudent(FlowModel):
         gate_channels: gate width (default 2 * channels).
         input_kernel_size: taps of each WaveNet's causal input conv.
         log_scale_bound: bound of each step's |s| (soft clamp).
-        speaker_channels: speaker embedding width.
-        n_harmonics: harmonics of the F0 excitation in every step's shift (0: no pitch).
-        sample_rate: audio rate in Hz (for the excitation).
         init_log_scale: initial log-scale of the first step (0: every step the identity; about
             log(0.05) = -3 starts a distilled student near the scale of speech).
         envelope: scale the output by the level the mel gives (`EnvelopeScale`, a mel-adaptive
@@ -225,9 +221,7 @@ class IAFStudent(FlowModel):
 
     def __init__(
         self,
-        n_mels: int,
-        hop_length: int,
-        n_speakers: int = 0,
+        spec: ConditioningSpec,
         base: str = "logistic",
         flow_layers: Sequence[int] = (10, 10, 10, 30),
         layers_per_cycle: int = 10,
@@ -236,9 +230,6 @@ class IAFStudent(FlowModel):
         gate_channels: int | None = None,
         input_kernel_size: int = 1,
         log_scale_bound: float = LOG_SCALE_BOUND,
-        speaker_channels: int = 16,
-        n_harmonics: int = 0,
-        sample_rate: int = 22050,
         init_log_scale: float = 0.0,
         envelope: bool = False,
         envelope_offset: float = -2.7,
@@ -250,9 +241,7 @@ class IAFStudent(FlowModel):
         if envelope_taps and not (envelope and features is not None):
             raise ValueError("envelope_taps needs envelope = true and the feature settings")
         conditioner = Conditioner(
-            ConditioningSpec(
-                n_mels, hop_length, sample_rate, n_speakers, speaker_channels, n_harmonics
-            ),
+            spec,
             envelope,
             packed_mel=bool(envelope_taps),
             source=harmonic_source,

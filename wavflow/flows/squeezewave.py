@@ -278,12 +278,11 @@ class SqueezeWave(FlowModel):
     `wavflow bench`) is -128L; "cpu" is a small model for CPU training, "tiny" the tests' size.
 
     Args:
-        n_mels: mel bands of `feats`.
-        hop_length: audio samples per frame.
-        n_speakers: speakers for global conditioning (0: none).
+        spec: what the model is conditioned on (`ConditioningSpec`); with pitch, a
+            `HarmonicShift` adds the excitation to the output (not in the published model).
         n_flows: flows (1x1 conv + coupling).
         fold: audio samples folded into channels per step (T must be a multiple); one of
-            fold and hop_length must divide the other.
+            fold and the spec's hop_length must divide the other.
         n_layers: gated layers in each coupling's transform.
         channels: residual width of those transforms (gates: 2 * channels).
         kernel_size: taps of their depthwise convs (odd).
@@ -292,14 +291,10 @@ class SqueezeWave(FlowModel):
         early_channels: channels factored out at each early output (0: none).
         lu: LU-parametrised 1x1 convs.
         log_scale_bound: bound of the couplings' |log-scale| (soft clamp).
-        speaker_channels: speaker embedding width.
         init_log_scale: log of a learned output scale applied last (0: none). For
             distillation start quiet, about -6: started at the level of speech (-3), the
             student can settle in a local optimum that fills silences with a loud pattern
             repeating every `fold` samples (measured on the demo: KL stuck near 4 nats/sample).
-        n_harmonics: harmonics of the F0 excitation added to the output by a `HarmonicShift`
-            (0: no pitch; not in the published model).
-        sample_rate: audio rate in Hz (for the excitation).
         envelope: scale the folded output by the level the mel gives (`EnvelopeScale`, a
             mel-adaptive prior; before the `HarmonicShift`), so silences start quiet.
         envelope_offset: the envelope's offset at initialisation.
@@ -351,9 +346,7 @@ class SqueezeWave(FlowModel):
 
     def __init__(
         self,
-        n_mels: int,
-        hop_length: int,
-        n_speakers: int = 0,
+        spec: ConditioningSpec,
         n_flows: int = 12,
         fold: int = 128,
         n_layers: int = 8,
@@ -364,10 +357,7 @@ class SqueezeWave(FlowModel):
         early_channels: int = 16,
         lu: bool = False,
         log_scale_bound: float = LOG_SCALE_BOUND,
-        speaker_channels: int = 16,
         init_log_scale: float = 0.0,
-        n_harmonics: int = 0,
-        sample_rate: int = 22050,
         envelope: bool = False,
         envelope_offset: float = -2.7,
         envelope_taps: int = 0,
@@ -375,7 +365,7 @@ class SqueezeWave(FlowModel):
         harmonic_source: bool = False,
         source_noise: float = 0.1,
     ) -> None:
-        if envelope_taps and not (envelope and features is not None and fold <= hop_length):
+        if envelope_taps and not (envelope and features is not None and fold <= spec.hop_length):
             raise ValueError(
                 "envelope_taps needs envelope = true, the feature settings and fold <= hop"
             )
@@ -388,9 +378,6 @@ class SqueezeWave(FlowModel):
                 f"(early_channels={early_channels} every {early_every} of {n_flows} flows); "
                 "the last couplings need at least 2"
             )
-        spec = ConditioningSpec(
-            n_mels, hop_length, sample_rate, n_speakers, speaker_channels, n_harmonics
-        )
         conditioner = FrameRateConditioner(spec, fold, envelope, harmonic_source)
         frame_channels = conditioner.frame_channels
         # Built from the last flow (x -> z numbering) to the first, i.e. in z -> x order; the
@@ -424,8 +411,8 @@ class SqueezeWave(FlowModel):
             layers.append(HarmonicSource(conditioner.source_channel, fold, source_noise))
         if envelope and not envelope_taps:  # the level channel ends the frame features
             layers.append(EnvelopeScale(frame_channels - 1, envelope_offset))
-        if n_harmonics:
-            layers.append(HarmonicShift(fold, frame_channels, 2 * n_harmonics))
+        if spec.n_harmonics:
+            layers.append(HarmonicShift(fold, frame_channels, 2 * spec.n_harmonics))
         output_filter = (
             [SpectralEnvelope(features, envelope_taps, steps_per_frame=conditioner.repeats)]
             if envelope_taps
@@ -450,5 +437,7 @@ class SqueezeWave(FlowModel):
         )
         # The output filter reads envelope_taps - 1 samples back and half a hop ahead (its
         # crossfade), which no conv of the flow shows to `coupling_reach`.
-        self.output_filter_reach = max(envelope_taps - 1, hop_length // 2) if envelope_taps else 0
+        self.output_filter_reach = (
+            max(envelope_taps - 1, spec.hop_length // 2) if envelope_taps else 0
+        )
         add_weight_norm(self.flow)

@@ -37,9 +37,8 @@ class WaveGlow(FlowModel):
     the last flow to the first, injecting the early channels from z where they left.
 
     Args:
-        n_mels: mel bands of `feats`.
-        hop_length: audio samples per frame.
-        n_speakers: speakers for global conditioning (0: none).
+        spec: what the model is conditioned on (`ConditioningSpec`); with pitch, the
+            excitation is part of the conditioning of every coupling transform.
         n_flows: flows (1x1 conv + coupling).
         n_layers: gated layers in each coupling's WaveNet.
         channels: residual and skip width of those WaveNets.
@@ -50,10 +49,6 @@ class WaveGlow(FlowModel):
         early_channels: channels factored out at each early output.
         lu: LU-parametrised 1x1 convs.
         log_scale_bound: bound of the couplings' |log-scale| (soft clamp).
-        speaker_channels: speaker embedding width.
-        n_harmonics: harmonics of the F0 excitation appended to the conditioning of every
-            coupling transform (0: no pitch).
-        sample_rate: audio rate in Hz (for the excitation).
     """
 
     PRESETS: ClassVar[dict[str, dict]] = {
@@ -80,9 +75,7 @@ class WaveGlow(FlowModel):
 
     def __init__(
         self,
-        n_mels: int,
-        hop_length: int,
-        n_speakers: int = 0,
+        spec: ConditioningSpec,
         n_flows: int = 12,
         n_layers: int = 8,
         channels: int = 256,
@@ -93,9 +86,6 @@ class WaveGlow(FlowModel):
         early_channels: int = 2,
         lu: bool = False,
         log_scale_bound: float = LOG_SCALE_BOUND,
-        speaker_channels: int = 16,
-        n_harmonics: int = 0,
-        sample_rate: int = 22050,
     ) -> None:
         if early_every < 1:
             raise ValueError(f"early_every must be >= 1, got {early_every}")
@@ -106,11 +96,7 @@ class WaveGlow(FlowModel):
                 f"(early_channels={early_channels} every {early_every} of {n_flows} flows); "
                 "the last couplings need at least 2"
             )
-        conditioner = Conditioner(
-            ConditioningSpec(
-                n_mels, hop_length, sample_rate, n_speakers, speaker_channels, n_harmonics
-            )
-        )
+        conditioner = Conditioner(spec)
         cond_channels = conditioner.out_channels * group  # cond is folded like the audio
         # Built from the last flow (x -> z numbering) to the first, i.e. in z -> x order; the
         # flows after an early output sit inside a FactorOut that leaves its channels alone.

@@ -13,9 +13,10 @@ from torch import Tensor, nn
 @dataclass(frozen=True)
 class ConditioningSpec:
     """What a model is conditioned on: the one description every model's conditioner is built
-    from, the same for the teacher and the four students. Each model builds it from its plain
-    arguments of these names and keeps it as `model.conditioner.spec`; a checkpoint's recipe
-    and speakers rebuild it (`wavflow.checkpoint.conditioning_arguments`).
+    from, the same for the teacher and the four students. Each model takes it as its first
+    argument `spec` (beside its own architecture arguments) and keeps it as
+    `model.conditioner.spec`; a checkpoint's recipe and speakers rebuild it
+    (`wavflow.checkpoint.spec_and_sizes`).
 
     `n_mels`, `hop_length` and `sample_rate` describe the input that a teacher and the student
     it teaches must share (`INPUT_SETTINGS`); the speakers and harmonics are each model's own
