@@ -72,7 +72,13 @@ class ResidualBlock(nn.Module):
         return (x + residual) * math.sqrt(0.5), skip
 
     def fused_gated_units(
-        self, residual: Tensor, left: int, length: int, cond: Tensor | None, scale: float
+        self,
+        residual: Tensor,
+        left: int,
+        length: int,
+        cond: Tensor | None,
+        scale: float,
+        scratch: FusedScratch,
     ) -> Tensor:
         """The gated units (G / 2, T) of `forward`, from the unscaled residual stream.
 
@@ -83,21 +89,23 @@ class ResidualBlock(nn.Module):
             length: T.
             cond: (C, T) conditioning, or None.
             scale: a with h = a * u.
+            scratch: where the gates and units are written (a view of it is returned).
         """
         conv = self.dilated
+        gates = scratch.view("gates", conv.out_channels, length)
         bias = conv.bias[:, None].expand(-1, length)
-        gates = (
-            bias.clone()
-            if self.cond is None
-            else torch.addmm(bias, self.cond.weight[:, :, 0], cond)
-        )
+        if self.cond is None:
+            gates.copy_(bias)
+        else:
+            torch.addmm(bias, self.cond.weight[:, :, 0], cond, out=gates)
         taps = conv.weight * scale
         start = left - conv.padding_lr[0]
         for j in range(conv.kernel_size[0]):
             offset = start + j * conv.dilation[0]
             gates.addmm_(taps[:, :, j], residual[:, offset : offset + length])
         filt, gate = gates.chunk(2, dim=0)
-        return torch.tanh(filt).mul_(gate.sigmoid_())
+        units = scratch.view("units", filt.shape[0], length)
+        return torch.tanh(filt, out=units).mul_(gate.sigmoid_())
 
     def accumulate_skip(self, units: Tensor, skip: Tensor) -> None:
         """skip += W_s units in place (S, T); the skip biases are added once, by the stack."""
@@ -232,27 +240,32 @@ class WaveNetStack(nn.Module):
         h0 = full_precision(self.input, x)[0]
         tile = FUSED_TILE if self.blocks[0].dilated.causal else length
         histories = [h0.new_zeros(h0.shape[0], b.dilated.padding_lr[0]) for b in self.blocks]
+        scratch = FusedScratch(h0)
         outputs = []
         for start in range(0, length, tile):
             stop = min(start + tile, length)
             part = None if cond is None else cond[:, start:stop]
-            outputs.append(self._fused_tile(h0[:, start:stop], part, histories))
+            outputs.append(self._fused_tile(h0[:, start:stop], part, histories, scratch))
         return torch.cat(outputs, dim=-1)
 
-    def _fused_tile(self, h0: Tensor, cond: Tensor | None, histories: list[Tensor]) -> Tensor:
+    def _fused_tile(
+        self, h0: Tensor, cond: Tensor | None, histories: list[Tensor], scratch: FusedScratch
+    ) -> Tensor:
         """h0 (R, N) the input conv's output, cond (C, N) -> (1, out_channels, N).
 
         `histories[k]` (R, (K - 1) * D) holds block k's unscaled input before this tile (zeros
-        at the start) and is replaced by its last samples including this tile.
+        at the start) and is replaced by its last samples including this tile. Every part of
+        the residual buffer a layer reads is written first in this tile (its history, the
+        stream) or is a centred stack's right margin, zero since a centred stack has one tile.
         """
         length = h0.shape[-1]
         left = max(block.dilated.padding_lr[0] for block in self.blocks)
         right = max(block.dilated.padding_lr[1] for block in self.blocks)
-        residual = h0.new_zeros(h0.shape[0], left + length + right)
+        residual = scratch.view("residual", h0.shape[0], left + length + right)
         stream = residual[:, left : left + length]
         stream.copy_(h0)
         skip_bias = torch.stack([block.skip_bias for block in self.blocks]).sum(0)
-        skip = skip_bias[:, None].expand(-1, length).clone()
+        skip = scratch.view("skip", skip_bias.shape[0], length).copy_(skip_bias[:, None])
         scale = 1.0  # a_k
         last = len(self.blocks) - 1
         for k, block in enumerate(self.blocks):
@@ -260,7 +273,7 @@ class WaveNetStack(nn.Module):
             if past:
                 residual[:, left - past : left].copy_(histories[k])
                 histories[k] = residual[:, left + length - past : left + length].clone()
-            units = block.fused_gated_units(residual, left, length, cond, scale)
+            units = block.fused_gated_units(residual, left, length, cond, scale, scratch)
             block.accumulate_skip(units, skip)
             if k < last:  # the last block's residual output is never read
                 block.accumulate_residual(units, stream, scale)
@@ -268,6 +281,28 @@ class WaveNetStack(nn.Module):
         skip = torch.relu(skip * math.sqrt(1 / len(self.blocks)))[None]
         hidden = torch.relu(self.head_hidden(skip))
         return full_precision(self.head_out, hidden)
+
+
+class FusedScratch:
+    """Buffers of the fused path, allocated once per utterance and reused by every tile and
+    layer: a fresh multi-megabyte tensor per operation comes from the system as new pages,
+    whose first touch (page faults) cost as much as the products that filled them.
+
+    Args:
+        like: a tensor of the dtype and device wanted.
+    """
+
+    def __init__(self, like: Tensor) -> None:
+        self._like = like
+        self._flat: dict[str, Tensor] = {}
+
+    def view(self, name: str, rows: int, length: int) -> Tensor:
+        """A contiguous (rows, length) view of buffer `name`, which grows to fit (its contents
+        are whatever the last user left: the caller writes before it reads)."""
+        size = rows * length
+        if name not in self._flat or self._flat[name].numel() < size:
+            self._flat[name] = self._like.new_zeros(size)
+        return self._flat[name][:size].view(rows, length)
 
 
 def _fused_inference_applies(x: Tensor) -> bool:
