@@ -12,6 +12,7 @@ from wavflow.benchmark import (
     QUICK,
     BenchSettings,
     bench_models,
+    flops_per_sample,
     run_benchmark,
     time_naive_steps,
 )
@@ -72,6 +73,20 @@ def test_int8_rows_are_the_cached_teachers_only(tmp_path):
     int8 = {row["method"] for row in result["rows"] if row["dtype"] == "int8"}
     assert int8 == {"teacher-cached"}
     assert list(result["ceiling"]) == ["fp32"]
+
+
+def test_flops_are_those_of_the_arithmetic_whatever_the_grad_mode():
+    """The Parallel WaveNet IAF costs 5.20 MFLOP per sample (BENCHMARKS.md) whether or not the
+    caller is in inference mode, where its stacks run the fused path (in-place products the
+    FLOP counter would miss)."""
+    settings = BenchSettings(lengths=[0.1], batches=[1], dtypes=["fp32"], methods=["iaf"])
+    model = bench_models(settings)["iaf"]
+    feats = torch.randn(1, 80, 8)
+    outside = flops_per_sample("iaf", model, feats)
+    with torch.inference_mode():
+        inside = flops_per_sample("iaf", model, feats)
+    assert inside == outside
+    assert round(outside / 1e6, 2) == 5.20
 
 
 def test_benchmark_rejects_unknown_settings():

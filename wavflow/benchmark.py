@@ -188,7 +188,10 @@ def flops_per_sample(method: str, model: nn.Module, feats: Tensor) -> float:
     counter = FlopCounterMode(display=False)
     feats = feats.to(next(model.parameters()).dtype)
     samples = feats.shape[0] * feats.shape[-1] * BENCH_FEATURES.hop_length
-    with counter, torch.inference_mode():
+    # Not inference mode (even when the caller is in it): there the stacks take their fused
+    # path, whose in-place products the counter does not count; the batched path does the same
+    # arithmetic.
+    with counter, torch.inference_mode(False), torch.no_grad():
         if method.startswith("teacher"):
             cond = model.condition(feats)
             model(cond.new_zeros(feats.shape[0], 1, cond.shape[-1]), cond)
