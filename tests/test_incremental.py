@@ -255,40 +255,26 @@ def test_cpp_threads_drop_to_one(solo_from: int, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize("backend", ["eager", "cpp"])
-def test_bfloat16_weights(backend: str) -> None:
-    """bfloat16 matrices, float32 activations: both backends round the same weights."""
+@pytest.mark.parametrize(
+    ("dtype", "lowest", "highest"),
+    # bfloat16 rounds to 8 bits of mantissa; int8 quantises each row to 1/254 of its largest
+    # weight (one scale per row, `quantize_rows`).
+    [(torch.bfloat16, 1e-5, 0.05), (torch.int8, 1e-4, 0.2)],
+)
+def test_stored_weights(backend: str, dtype: torch.dtype, lowest: float, highest: float) -> None:
+    """Matrices stored in `dtype`, float32 activations: both backends multiply the same stored
+    weights, and the params move by about the storage precision, not more."""
     if backend == "cpp":
         require_kernel()
     teacher = make_teacher("mol", torch.float32, n_cycles=1)
     cond, noise = make_inputs(teacher, 2)
-    x, params = IncrementalWaveNet(teacher.stack, torch.bfloat16, backend).generate(
-        cond, teacher.head, noise, return_params=True
-    )
-    # Rounded weights move the params by about the bfloat16 precision, not more.
-    error = (params - teacher(x, cond)).abs().max()
-    assert 1e-5 < error < 0.05
-    if backend == "cpp":
-        eager = IncrementalWaveNet(teacher.stack, torch.bfloat16, "eager")
-        x_ref, params_ref = eager.generate(cond, teacher.head, noise, return_params=True)
-        torch.testing.assert_close(x, x_ref, rtol=0, atol=2e-5)
-        torch.testing.assert_close(params, params_ref, rtol=0, atol=2e-5)
-
-
-@pytest.mark.parametrize("backend", ["eager", "cpp"])
-def test_int8_weights(backend: str) -> None:
-    """int8 matrices with one scale per row: both backends multiply the same quantised weights;
-    the params move by about the int8 step (1/254 of a row's largest weight), not more."""
-    if backend == "cpp":
-        require_kernel()
-    teacher = make_teacher("mol", torch.float32, n_cycles=1)
-    cond, noise = make_inputs(teacher, 2)
-    x, params = IncrementalWaveNet(teacher.stack, torch.int8, backend).generate(
+    x, params = IncrementalWaveNet(teacher.stack, dtype, backend).generate(
         cond, teacher.head, noise, return_params=True
     )
     error = (params - teacher(x, cond)).abs().max()
-    assert 1e-4 < error < 0.2
+    assert lowest < error < highest
     if backend == "cpp":
-        eager = IncrementalWaveNet(teacher.stack, torch.int8, "eager")
+        eager = IncrementalWaveNet(teacher.stack, dtype, "eager")
         x_ref, params_ref = eager.generate(cond, teacher.head, noise, return_params=True)
         torch.testing.assert_close(x, x_ref, rtol=0, atol=2e-5)
         torch.testing.assert_close(params, params_ref, rtol=0, atol=2e-5)
