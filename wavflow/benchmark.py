@@ -36,6 +36,7 @@ from wavflow.flows import STUDENTS, build_student
 from wavflow.metrics import log_mel_distance
 from wavflow.nn.conditioning import ConditioningSpec
 from wavflow.nn.conv import remove_weight_norm
+from wavflow.synthesis import DTYPES, STUDENT_DTYPES
 from wavflow.teacher import WaveNet
 from wavflow.timing import (
     NaiveSteps,
@@ -47,9 +48,6 @@ from wavflow.timing import (
     time_naive_steps,
 )
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
-# int8: the cached teacher's weights only (students and the naive teacher compute in floats).
-CACHED_ONLY_DTYPES = ("int8",)
 # onnxruntime rows: students only, CPU, fp32 and dynamic int8 (its CPU bf16 kernels cover few
 # of the students' ops).
 RUNTIMES = ("pytorch", "onnxruntime")
@@ -267,7 +265,8 @@ def run_benchmark(settings: BenchSettings, out_dir: Path, progress: bool = True)
         for method in methods:
             if method == "teacher-naive" and dtype_name != "fp32":
                 continue
-            if method != "teacher-cached" and dtype_name in CACHED_ONLY_DTYPES:
+            # int8 is the cached teacher's weights only; the others compute in floats.
+            if method != "teacher-cached" and dtype_name not in STUDENT_DTYPES:
                 continue
             model = models["teacher" if method.startswith("teacher") else method]
             run = _runner(method, model, dtype)
@@ -289,7 +288,7 @@ def run_benchmark(settings: BenchSettings, out_dir: Path, progress: bool = True)
         "ceiling": {
             name: machine_ceiling(DTYPES[name], device)
             for name in settings.dtypes
-            if name not in CACHED_ONLY_DTYPES
+            if name in STUDENT_DTYPES
         },
         "settings": asdict(settings),
         "rows": [asdict(row) for row in rows],

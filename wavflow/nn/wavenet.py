@@ -241,15 +241,21 @@ class WaveNetStack(nn.Module):
         tile = FUSED_TILE if self.blocks[0].dilated.causal else length
         histories = [h0.new_zeros(h0.shape[0], b.dilated.padding_lr[0]) for b in self.blocks]
         scratch = FusedScratch(h0)
+        skip_bias = torch.stack([block.skip_bias for block in self.blocks]).sum(0)
         outputs = []
         for start in range(0, length, tile):
             stop = min(start + tile, length)
             part = None if cond is None else cond[:, start:stop]
-            outputs.append(self._fused_tile(h0[:, start:stop], part, histories, scratch))
+            outputs.append(self._fused_tile(h0[:, start:stop], part, histories, skip_bias, scratch))
         return torch.cat(outputs, dim=-1)
 
     def _fused_tile(
-        self, h0: Tensor, cond: Tensor | None, histories: list[Tensor], scratch: FusedScratch
+        self,
+        h0: Tensor,
+        cond: Tensor | None,
+        histories: list[Tensor],
+        skip_bias: Tensor,
+        scratch: FusedScratch,
     ) -> Tensor:
         """h0 (R, N) the input conv's output, cond (C, N) -> (1, out_channels, N).
 
@@ -257,6 +263,7 @@ class WaveNetStack(nn.Module):
         at the start) and is replaced by its last samples including this tile. Every part of
         the residual buffer a layer reads is written first in this tile (its history, the
         stream) or is a centred stack's right margin, zero since a centred stack has one tile.
+        `skip_bias` (S,) is the sum of the blocks' skip biases.
         """
         length = h0.shape[-1]
         left = max(block.dilated.padding_lr[0] for block in self.blocks)
@@ -264,7 +271,6 @@ class WaveNetStack(nn.Module):
         residual = scratch.view("residual", h0.shape[0], left + length + right)
         stream = residual[:, left : left + length]
         stream.copy_(h0)
-        skip_bias = torch.stack([block.skip_bias for block in self.blocks]).sum(0)
         skip = scratch.view("skip", skip_bias.shape[0], length).copy_(skip_bias[:, None])
         scale = 1.0  # a_k
         last = len(self.blocks) - 1
