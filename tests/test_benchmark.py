@@ -128,3 +128,25 @@ def test_bench_stream_command_reports_first_chunk_latency(tmp_path, capsys):
     rows = json.loads((tmp_path / "stream.json").read_text())["rows"]
     assert [row["chunk_frames"] for row in rows] == [1, 2]
     assert all(row["first_chunk_s"] > 0 and row["real_time_factor"] > 0 for row in rows)
+
+
+def test_bench_names_the_cpu_and_its_caches(tmp_path):
+    """bench.md's header names the CPU model and, where sysfs tells, its L2 size."""
+    from pathlib import Path
+
+    from wavflow.timing import cpu_caches, cpu_name
+
+    caches = cpu_caches()
+    if Path("/sys/devices/system/cpu/cpu0/cache/index2/size").exists():
+        assert "L2 " in caches and "KiB" in caches
+    settings = BenchSettings(
+        lengths=[0.01],
+        batches=[1],
+        dtypes=["fp32"],
+        methods=["iaf"],
+        repeats=1,
+        student_presets={"iaf": "tiny"},
+    )
+    run_benchmark(settings, tmp_path, progress=False)
+    header = (tmp_path / "bench.md").read_text().splitlines()[0]
+    assert cpu_name() in header and caches in header

@@ -9,7 +9,7 @@ import torch
 from factories import N_MELS, mel_and_f0, tiny_teacher
 
 from wavflow.generation import IncrementalWaveNet, eager, kernel, load_kernel
-from wavflow.generation.folding import quantize_rows
+from wavflow.generation.folding import fold_stack, quantize_rows
 from wavflow.nn.conv import add_weight_norm, remove_weight_norm
 from wavflow.teacher import WaveNet
 
@@ -413,3 +413,17 @@ def test_rejects_a_misshapen_log_level() -> None:
         IncrementalWaveNet(teacher.stack).generate(
             inputs["cond"], teacher.head, inputs["noise"], log_level=inputs["log_level"][:, 1:]
         )
+
+
+def test_weight_traffic_shrinks_with_storage_and_threads() -> None:
+    """int8 reads a quarter of float32's bytes (plus a scale per row), two threads split the
+    gate-split sections but not the residual, and a step reads less than the working set."""
+    teacher = make_teacher("mol", torch.float32)
+    folded = fold_stack(teacher.stack)
+    fp32, fp32_set = kernel.weight_traffic(folded, torch.float32, 1)
+    int8, int8_set = kernel.weight_traffic(folded, torch.int8, 1)
+    halves, _ = kernel.weight_traffic(folded, torch.float32, 2)
+    assert fp32_set / 4 < int8_set < fp32_set / 3
+    assert sum(fp32.values()) < fp32_set
+    assert halves["current tap"] == fp32["current tap"] / 2
+    assert halves["residual"] == fp32["residual"]
