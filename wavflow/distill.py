@@ -21,6 +21,12 @@
   feature settings (nats): the spectrum the student is conditioned on, and on which the
   silence floor and log-mel distance are measured.
 - "power": Parallel WaveNet's power loss, on log average power per frequency (scale-free).
+- "adversarial", "feature_matching", "discriminator": HiFi-GAN's least-squares GAN terms with
+  its multi-period and multi-scale discriminators (`wavflow.nn.discriminators`), owned here
+  as `critic`: the generator's loss and the L1 distance of the discriminators' activations
+  on the student's sample to those on the real audio train the student (through frozen
+  copies of the discriminators' weights), the discriminators' own loss on the detached sample
+  trains them, so one backward pass and one optimiser step serve both.
 - "contrastive": minus the KL against the teacher conditioned on another utterance's mel
   (the batch rolled by one), so the student is pushed to use its conditioning.
 
@@ -28,7 +34,9 @@ References:
     van den Oord et al., "Parallel WaveNet", arXiv:1711.10433.
     Ping et al., "ClariNet", arXiv:1807.07281.
     Yamamoto et al., "Parallel WaveGAN", arXiv:1910.11480 (multi-resolution STFT loss).
-    Kong et al., "HiFi-GAN", arXiv:2010.05646 (mel L1 loss).
+    Kong et al., "HiFi-GAN", arXiv:2010.05646 (mel L1 loss, discriminators).
+    Yamamoto et al., "Probability density distillation with generative adversarial networks
+    for high-quality parallel waveform generation", arXiv:1904.04472.
 """
 
 from __future__ import annotations
@@ -39,9 +47,16 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from wavflow.audio import log_mel, stft_magnitude
 from wavflow.config import DistillConfig, FeatureConfig, RecipeError
+from wavflow.nn.discriminators import (
+    Discriminators,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+)
 from wavflow.teacher import WaveNet
 
 HALF_LOG_TWO_PI_E = 0.5 * math.log(2 * math.pi * math.e)
@@ -116,6 +131,10 @@ class DistillLoss(nn.Module):
         teacher: a trained `WaveNet`; frozen here (no gradients, eval mode).
         cfg: the `[distill]` settings.
         features: the mel settings, which the "mel" loss needs.
+
+    Attributes:
+        critic: the discriminators when the adversarial terms are weighted, else None; the
+            training loop optimises and saves them beside the student.
     """
 
     def __init__(
@@ -134,10 +153,22 @@ class DistillLoss(nn.Module):
             parameter.requires_grad_(False)
         self.estimator = choose_estimator(student, teacher, cfg.kl_estimator)
         self.scoring_head = floored_head(teacher.head, cfg.teacher_log_scale_min)
+        self.critic = (
+            Discriminators(
+                cfg.discriminator_periods,
+                cfg.discriminator_scales,
+                cfg.discriminator_channels,
+                cfg.discriminator_max_channels,
+            )
+            if cfg.adversarial
+            else None
+        )
 
     def train(self, mode: bool = True) -> DistillLoss:
-        """Only the student changes mode; the teacher stays in eval mode."""
+        """Only the student (and critic) change mode; the teacher stays in eval mode."""
         self.student.train(mode)
+        if self.critic is not None:
+            self.critic.train(mode)
         return self
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -170,7 +201,26 @@ class DistillLoss(nn.Module):
             losses["mel"] = mel_loss(x, real, self.features)
         if weights.get("power", 0):
             losses["power"] = power_loss(x, real, *self.cfg.stft_resolutions[0])
+        if self.critic is not None:
+            losses |= self._adversarial_terms(x, real)
         return losses
+
+    def _adversarial_terms(self, x: Tensor, real: Tensor) -> dict[str, Tensor]:
+        """The GAN terms of the student sample x (B, 1, T) against the real audio.
+
+        The student's terms score x with detached copies of the discriminators' weights, so
+        their gradient reaches the student only; the discriminators' term scores x detached,
+        so its gradient reaches the discriminators only.
+        """
+        judged_real = self.critic(real)
+        judged_detached = self.critic(x.detach())
+        frozen = {name: p.detach() for name, p in self.critic.named_parameters()}
+        judged_fake = functional_call(self.critic, frozen, (x,))
+        return {
+            "adversarial": generator_loss(judged_fake),
+            "feature_matching": feature_matching_loss(judged_real, judged_fake),
+            "discriminator": discriminator_loss(judged_real, judged_detached),
+        }
 
     def _first_step(self, length: int) -> int:
         """The first step the KL counts, for crops of `length` samples.

@@ -47,6 +47,8 @@ class Objective:
         best_metric: the validation metric to minimise.
         media: optional (model, batch, writer, step) hook for TensorBoard audio and images.
         metadata: plain data saved in every checkpoint (e.g. the teacher a student came from).
+        critic: discriminators inside `loss` that train beside `model` (their own loss is one
+            of the named losses), or None; optimised, clipped and saved separately from it.
     """
 
     kind: str
@@ -57,6 +59,7 @@ class Objective:
     best_metric: str = "val/nll"
     media: Callable[[nn.Module, dict[str, Any], SummaryWriter, int], None] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    critic: nn.Module | None = None
 
 
 def build_objective(
@@ -188,6 +191,7 @@ def distillation_objective(
         best_distillation_metric(recipe.distill.weights),
         media,
         {"teacher_checkpoint": teacher_path},
+        loss.critic,
     )
 
 

@@ -150,13 +150,16 @@ def train(
 
     model, loss_module = objective.model.to(device), objective.loss.to(device)
     loss_module.train()
+    trained = [model] if objective.critic is None else [model, objective.critic]
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+        [{"params": [p for p in module.parameters() if p.requires_grad]} for module in trained],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
     )
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     state, saved_rng = RunState(), None
     if resume and (found := latest_checkpoint(run_dir)) is not None:
-        state, saved_rng = _restore(found, recipe, model, optimizer, ema, device)
+        state, saved_rng = _restore(found, recipe, objective, optimizer, ema, device)
     elif is_main:
         _start_run_dir(run_dir, recipe)
 
@@ -204,7 +207,7 @@ def train(
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             losses = ddp_loss(batch)
         total = sum(objective.weights.get(k, 0.0) * v for k, v in losses.items())
-        grad_norm = _backward_and_step(total, model, optimizer, cfg, world)
+        grad_norm = _backward_and_step(total, trained, optimizer, cfg, world)
         state.step += 1
         if grad_norm is None:
             state.bad_steps += 1
@@ -258,11 +261,17 @@ def train(
 
 
 def _backward_and_step(
-    total: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, world: int
+    total: Tensor,
+    modules: list[nn.Module],
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    world: int,
 ) -> float | None:
-    """Backward, clip and step; returns the gradient norm, or None when the step was skipped.
+    """Backward, clip and step; returns the first module's (the model's) gradient norm, or None
+    when the step was skipped.
 
-    A non-finite loss or gradient on ANY rank skips the step on all ranks, so DDP stays in step.
+    Each module is clipped on its own, so a critic's gradients never shrink the model's. A
+    non-finite loss or gradient on ANY rank skips the step on all ranks, so DDP stays in step.
     """
     optimizer.zero_grad(set_to_none=True)
     finite = torch.tensor(float(torch.isfinite(total.detach()).all()), device=total.device)
@@ -271,16 +280,20 @@ def _backward_and_step(
     if finite.item() < 1:
         return None
     total.backward()
-    params = [p for p in model.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    ok = torch.isfinite(grad_norm).float()
+    norms = [
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in module.parameters() if p.grad is not None], cfg.grad_clip
+        )
+        for module in modules
+    ]
+    ok = torch.isfinite(torch.stack(norms)).all().float()
     if world > 1:
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     if ok.item() < 1:
         optimizer.zero_grad(set_to_none=True)
         return None
     optimizer.step()
-    return float(grad_norm)
+    return float(norms[0])
 
 
 def _open_data(data: PreparedData | str | Path, recipe: Recipe) -> PreparedData:
@@ -365,6 +378,7 @@ def _save(
             skipped_steps=state.skipped_steps,
             rng=rng,
             metadata=objective.metadata,
+            critic=objective.critic.state_dict() if objective.critic is not None else None,
         ),
     )
 
@@ -376,7 +390,7 @@ RESUME_SECTIONS = ("features", "conditioning", "teacher", "student")
 def _restore(
     path: Path,
     recipe: Recipe,
-    model: nn.Module,
+    objective: Objective,
     optimizer: torch.optim.Optimizer,
     ema: EMA | None,
     device: torch.device,
@@ -405,7 +419,15 @@ def _restore(
                 f"{given!r} in the recipe given; resume with the run's own recipe.toml (only "
                 "[train] may change), or start a new run with --out"
             )
-    model.load_state_dict(saved["model"])
+    objective.model.load_state_dict(saved["model"])
+    if (objective.critic is None) != (saved.get("critic") is None):
+        raise RecipeError(
+            f"cannot resume from {path}: the run and the recipe given differ in whether "
+            "discriminators train (distill.weights 'discriminator'); resume with the run's own "
+            "recipe.toml, or start a new run with --out"
+        )
+    if objective.critic is not None:
+        objective.critic.load_state_dict(saved["critic"])
     optimizer.load_state_dict(saved["optimizer"])
     if ema is not None and saved.get("ema"):
         ema.load(saved["ema"], int(saved.get("ema_updates", 0)))

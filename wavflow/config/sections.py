@@ -313,7 +313,19 @@ class TrainConfig:
 
 KL_ESTIMATORS = ("auto", "closed_form", "per_step", "sample")
 
-LOSS_NAMES = ("kl", "stft", "mel", "power", "contrastive", "log_scale")
+LOSS_NAMES = (
+    "kl",
+    "stft",
+    "mel",
+    "power",
+    "contrastive",
+    "log_scale",
+    "adversarial",
+    "feature_matching",
+    "discriminator",
+)
+# The terms that need the discriminators: all or none of them are weighted.
+ADVERSARIAL_TERMS = ("adversarial", "feature_matching", "discriminator")
 
 
 @dataclass(frozen=True)
@@ -334,6 +346,11 @@ class DistillConfig:
             explode where the teacher is sure of a sample and the student is not; a higher
             floor here bounds those terms without changing the teacher.
         stft_resolutions: [n_fft, hop, win] of each multi-resolution STFT loss term.
+        discriminator_periods: periods of HiFi-GAN's multi-period discriminators, used when
+            the "adversarial", "feature_matching" and "discriminator" terms are weighted.
+        discriminator_scales: average-pooling factors of its multi-scale discriminators.
+        discriminator_channels: first layer's width of every discriminator (doubled per layer).
+        discriminator_max_channels: their widest layer (HiFi-GAN: 1024).
         students: settings of this section that differ for one student kind, e.g.
             `[distill.students.squeezewave]` with `teacher_log_scale_min = -7.0` and its own
             `weights` table (which replaces the section's whole); applied by `for_student`.
@@ -348,7 +365,16 @@ class DistillConfig:
     stft_resolutions: list[list[int]] = field(
         default_factory=lambda: [[1024, 256, 1024], [2048, 512, 2048], [512, 128, 512]]
     )
+    discriminator_periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
+    discriminator_scales: list[int] = field(default_factory=lambda: [1, 2, 4])
+    discriminator_channels: int = 16
+    discriminator_max_channels: int = 256
     students: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether the discriminators are trained (their terms are weighted)."""
+        return any(self.weights.get(name, 0) for name in ADVERSARIAL_TERMS)
 
     def for_student(self, kind: str) -> DistillConfig:
         """These settings with `students[kind]`'s in their place (checked like the section).
@@ -384,6 +410,27 @@ class DistillConfig:
                     "stft_resolutions: [n_fft, hop, win] each",
                 ),
                 (set(self.weights) <= set(LOSS_NAMES), f"weights: known losses are {LOSS_NAMES}"),
+                (
+                    not self.adversarial
+                    or (
+                        self.weights.get("discriminator", 0) > 0
+                        and self.weights.get("adversarial", 0)
+                        + self.weights.get("feature_matching", 0)
+                        > 0
+                    ),
+                    "weights: the adversarial terms go together: weight 'discriminator' (the "
+                    "discriminators' own loss) and 'adversarial' or 'feature_matching'",
+                ),
+                (
+                    self.discriminator_channels >= 1
+                    and self.discriminator_max_channels >= self.discriminator_channels,
+                    "discriminator_channels must be >= 1 and <= discriminator_max_channels",
+                ),
+                (
+                    all(p >= 2 for p in self.discriminator_periods)
+                    and all(s >= 1 for s in self.discriminator_scales),
+                    "discriminator_periods must be >= 2 and discriminator_scales >= 1",
+                ),
             ],
         )
 
