@@ -34,7 +34,16 @@ RUNS = [  # (model, objective): the teacher, every student by maximum likelihood
     ("waveglow", "distill"),
     ("flowavenet", "distill"),
     ("squeezewave", "distill"),
+    ("squeezewave", "adversarial"),  # discriminators train beside it
 ]
+# The recipe of the "adversarial" runs: spectral and GAN terms, narrow discriminators.
+ADVERSARIAL = (
+    "distill.weights={stft=1.0,adversarial=1.0,feature_matching=1.0,discriminator=1.0}",
+    "distill.discriminator_periods=[2]",
+    "distill.discriminator_scales=[1]",
+    "distill.discriminator_channels=4",
+    "distill.discriminator_max_channels=8",
+)
 
 
 class _RecordingLoss(nn.Module):
@@ -52,8 +61,11 @@ class _RecordingLoss(nn.Module):
         return self.inner(batch)
 
 
-def _recipe(kind: str, steps: int, extra: tuple[str, ...] = (), device: str = "cpu") -> Recipe:
+def _recipe(
+    kind: str, steps: int, extra: tuple[str, ...] = (), device: str = "cpu", objective: str = ""
+) -> Recipe:
     student = [f'student.kind="{kind}"', *STUDENT_SIZES[kind]] if kind != "teacher" else []
+    extra = (*extra, *ADVERSARIAL) if objective == "adversarial" else extra
     return load_recipe(
         TINY,
         [
@@ -101,6 +113,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _trained_state(objective: Objective) -> dict[str, Tensor]:
+    """The weights and buffers a run trains: its model's, and its critic's where it has one."""
+    state = {k: v.cpu() for k, v in objective.model.state_dict().items()}
+    if objective.critic is not None:
+        state |= {f"critic.{k}": v.cpu() for k, v in objective.critic.state_dict().items()}
+    return state
+
+
 def every_model_worker(
     rank: int, world: int, port: int, data: str, out: str, backend: str = "gloo"
 ) -> None:
@@ -108,14 +128,15 @@ def every_model_worker(
     _join(rank, world, port, backend)
     device = "auto" if backend == "nccl" else "cpu"  # auto: this rank's own GPU
     for kind, name in RUNS:
-        recipe = _recipe(kind, steps=2, device=device)
+        recipe = _recipe(kind, steps=2, device=device, objective=name)
         objective = _objective(kind, name, recipe)
         if rank > 0:  # other initial weights: DDP must broadcast rank 0's
             with torch.no_grad():
-                for parameter in objective.model.parameters():
+                trained = [objective.model, objective.critic or torch.nn.Identity()]
+                for parameter in (p for module in trained for p in module.parameters()):
                     parameter.add_(0.1)
         train(objective, recipe, data, Path(out) / f"{kind}_{name}", progress=False)
-        state = {k: v.cpu() for k, v in objective.model.state_dict().items()}
+        state = _trained_state(objective)
         torch.save(
             {"state": state, "rng": objective.loss.rng}, Path(out) / f"{kind}_{name}_{rank}.pt"
         )
@@ -134,8 +155,10 @@ def check_ranks_agree(out: Path, world: int) -> None:
                 assert torch.equal(first[key], other["state"][key]), (kind, name, key)
             for step, (a, b) in enumerate(zip(ranks[0]["rng"], other["rng"])):
                 assert not torch.equal(a, b), f"{kind} {name}: one RNG state for two ranks, {step}"
-        initial = _objective(kind, name, _recipe(kind, steps=2)).model.state_dict()
-        assert any(not torch.equal(first[k], initial[k]) for k in first), (kind, name)
+        initial = _trained_state(_objective(kind, name, _recipe(kind, 2, objective=name)))
+        assert first.keys() == initial.keys(), (kind, name)
+        moved = {k.startswith("critic.") for k in first if not torch.equal(first[k], initial[k])}
+        assert moved == ({False, True} if name == "adversarial" else {False}), (kind, name)
 
 
 @pytest.mark.slow
