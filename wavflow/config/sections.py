@@ -324,7 +324,8 @@ LOSS_NAMES = (
     "feature_matching",
     "discriminator",
 )
-# The terms that need the discriminators: all or none of them are weighted.
+# The terms that need the discriminators: weight "discriminator" (their own loss) with
+# "adversarial" or "feature_matching" (what they teach the student), or none of them.
 ADVERSARIAL_TERMS = ("adversarial", "feature_matching", "discriminator")
 
 
