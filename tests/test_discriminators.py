@@ -132,6 +132,12 @@ def _tiny_gan_recipe(steps: int, weights: dict[str, float]):
     return dataclasses.replace(recipe, distill=distill)
 
 
+def _resume(recipe, data: PreparedData, teacher: Path, run: Path) -> None:
+    """Continue the distillation run in `run` with `recipe`."""
+    objective = build_objective(recipe, data, "student", teacher)
+    train(objective, recipe, data, run, resume=True, progress=False)
+
+
 @pytest.mark.slow
 def test_the_discriminators_train_save_and_resume_with_the_student(prepared_dir, tmp_path):
     data = PreparedData(prepared_dir)
@@ -149,14 +155,7 @@ def test_the_discriminators_train_save_and_resume_with_the_student(prepared_dir,
     split = tmp_path / "split"
     shutil.copytree(tmp_path / "whole", split)
     (split / "ckpt_00000004.pt").unlink()
-    train(
-        build_objective(recipe, data, "student", teacher),
-        recipe,
-        data,
-        split,
-        resume=True,
-        progress=False,
-    )
+    _resume(recipe, data, teacher, split)
     resumed = load_checkpoint(tmp_path / "split" / "ckpt_00000004.pt")
     for part in ("model", "critic"):
         for key, value in saved[part].items():
@@ -164,11 +163,4 @@ def test_the_discriminators_train_save_and_resume_with_the_student(prepared_dir,
 
     plain = _tiny_gan_recipe(6, {"stft": 1.0})
     with pytest.raises(RecipeError, match="discriminators"):
-        train(
-            build_objective(plain, data, "student", teacher),
-            plain,
-            data,
-            split,
-            resume=True,
-            progress=False,
-        )
+        _resume(plain, data, teacher, split)

@@ -29,6 +29,16 @@ LEAK = 0.1  # HiFi-GAN's leaky ReLU slope
 Judgement = tuple[Tensor, list[Tensor]]
 
 
+def judge(layers: nn.ModuleList, score: nn.Module, x: Tensor) -> Judgement:
+    """Run `layers` (each followed by a leaky ReLU) then `score`, keeping every activation."""
+    features = []
+    for layer in layers:
+        x = F.leaky_relu(layer(x), LEAK)
+        features.append(x)
+    scores = score(x)
+    return scores, [*features, scores]
+
+
 def layer_widths(n_layers: int, channels: int, max_channels: int) -> list[int]:
     """Output channels of each layer: `channels` doubled per layer, capped at `max_channels`."""
     return [min(channels * 2**i, max_channels) for i in range(n_layers)]
@@ -62,13 +72,7 @@ class PeriodDiscriminator(nn.Module):
         if pad:  # reflect so the fold is whole without inventing a silence
             audio = F.pad(audio, (0, pad), mode="reflect")
         # (B, 1, T) -> (B, 1, T / p, p)
-        x = audio.view(batch, 1, -1, self.period)
-        features = []
-        for layer in self.layers:
-            x = F.leaky_relu(layer(x), LEAK)
-            features.append(x)
-        scores = self.score(x)
-        return scores, [*features, scores]
+        return judge(self.layers, self.score, audio.view(batch, 1, -1, self.period))
 
 
 class ScaleDiscriminator(nn.Module):
@@ -97,12 +101,7 @@ class ScaleDiscriminator(nn.Module):
             if self.pool > 1
             else audio
         )
-        features = []
-        for layer in self.layers:
-            x = F.leaky_relu(layer(x), LEAK)
-            features.append(x)
-        scores = self.score(x)
-        return scores, [*features, scores]
+        return judge(self.layers, self.score, x)
 
 
 class Discriminators(nn.Module):
