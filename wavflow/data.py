@@ -245,6 +245,7 @@ def _run_parallel(
             results.append(_prepare_one(source, out_dir, features, data))
             bar.update()
     else:
+        _compile_f0_tracker(features, data)
         with ProcessPoolExecutor(workers) as pool:
             futures = [pool.submit(_prepare_one, s, out_dir, features, data) for s in todo]
             for future in futures:
@@ -252,6 +253,19 @@ def _run_parallel(
                 bar.update()
     bar.close()
     return results
+
+
+def _compile_f0_tracker(features: FeatureConfig, data: DataConfig) -> None:
+    """Runs pyin once on a short tone, so that numba compiles librosa's kernels and writes
+    their on-disk cache in this process before the workers start: workers that compile them
+    at once on a fresh install race to write the same cache files (numba/numba#10128: a
+    gufunc's two cache files written by different processes), and every process that later
+    loads them crashes inside pyin (a segmentation fault, seen after `prepare --workers 2` on
+    a new machine: librosa's pitch cache held one process's `guf-` files and no others)."""
+    if data.f0_method != "pyin":
+        return
+    seconds = np.arange(4 * features.n_fft) / features.sample_rate
+    estimate_f0(0.5 * np.sin(2 * np.pi * 150.0 * seconds), features, data.f0_min, data.f0_max)
 
 
 # [data] settings that change what `prepare` writes for an utterance.
