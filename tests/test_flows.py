@@ -328,6 +328,12 @@ STUDENT_CASES = [
         reads_cond=True,
         pitch=True,
     ),
+    Case(  # the pulses filtered by a learned per-frame correction of the envelope
+        "student_squeezewave_pulse_shaper",
+        lambda: spectral_squeezewave(PITCH_SPEC, harmonic_source=True, pulse_taps=6),
+        reads_cond=True,
+        pitch=True,
+    ),
     Case(  # fold = hop: one frame per step; an early output after every flow
         "student_squeezewave_fold_hop",
         lambda: SqueezeWave(

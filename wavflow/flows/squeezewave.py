@@ -44,7 +44,7 @@ from wavflow.flows.layers import (
     Squeeze,
     fold,
 )
-from wavflow.flows.source import HarmonicSource
+from wavflow.flows.source import HarmonicSource, PulseShaper
 from wavflow.flows.spectral_envelope import SpectralEnvelope
 from wavflow.nn.conditioning import ConditionerBase, ConditioningSpec, log_envelope
 from wavflow.nn.conv import ZeroConv1d, add_weight_norm
@@ -306,6 +306,10 @@ class SqueezeWave(FlowModel):
         harmonic_source: pulses at F0 where voiced, the couplings' noise quietened there
             (`HarmonicSource` on the folded output of the couplings; needs pitch).
         source_noise: with `harmonic_source`, the noise scale in voiced samples (fixed).
+        pulse_taps: with `harmonic_source` and `envelope_taps`, filter the pulses by a
+            learned per-frame correction of the mel's envelope of this many taps
+            (`PulseShaper`), so that the harmonics' spectrum is learned apart from the
+            noise's. 0: the pulses as `pulse_source` gives them.
 
     References:
         Zhai et al., "SqueezeWave", arXiv:2001.05685.
@@ -364,7 +368,10 @@ class SqueezeWave(FlowModel):
         features: FeatureConfig | None = None,
         harmonic_source: bool = False,
         source_noise: float = 0.1,
+        pulse_taps: int = 0,
     ) -> None:
+        if pulse_taps and not (harmonic_source and envelope_taps):
+            raise ValueError("pulse_taps needs harmonic_source = true and envelope_taps > 0")
         if envelope_taps and not (envelope and features is not None and fold <= spec.hop_length):
             raise ValueError(
                 "envelope_taps needs envelope = true, the feature settings and fold <= hop"
@@ -408,7 +415,10 @@ class SqueezeWave(FlowModel):
             # would scatter each pulse over 128 samples (PESQ-wb 1.47 at initialisation on the
             # quality recipe's held-back speech against 2.09 for the IAF, whose steps start as
             # the identity). The couplings shape the noise; the pulses are added to it.
-            layers.append(HarmonicSource(conditioner.source_channel, fold, source_noise))
+            shaper = PulseShaper(features, pulse_taps, conditioner.repeats) if pulse_taps else None
+            layers.append(
+                HarmonicSource(conditioner.source_channel, fold, source_noise, shaper=shaper)
+            )
         if envelope and not envelope_taps:  # the level channel ends the frame features
             layers.append(EnvelopeScale(frame_channels - 1, envelope_offset))
         if spec.n_harmonics:
@@ -436,8 +446,9 @@ class SqueezeWave(FlowModel):
             samples_per_cond_step=fold,
         )
         # The output filter reads envelope_taps - 1 samples back and half a hop ahead (its
-        # crossfade), which no conv of the flow shows to `coupling_reach`.
+        # crossfade), which no conv of the flow shows to `coupling_reach`; the pulse shaper's
+        # filter and mel context come before it.
         self.output_filter_reach = (
             max(envelope_taps - 1, spec.hop_length // 2) if envelope_taps else 0
-        )
+        ) + (shaper.reach if pulse_taps else 0)
         add_weight_norm(self.flow)
