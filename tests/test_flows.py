@@ -27,6 +27,7 @@ from wavflow.flows import (
     FloWaveNet,
     FlowModel,
     FrameRateConditioner,
+    HarmonicScale,
     HarmonicShift,
     HarmonicSource,
     IAFFlow,
@@ -137,6 +138,13 @@ LAYER_CASES = [
     Case(  # cond: 3 frame channels, then 2 excitation signals folded 4 per step
         "harmonic_shift",
         lambda: HarmonicShift(4, COND_CHANNELS, 2),
+        z_shape=(4, 8),
+        reads_cond=True,
+        cond_channels=COND_CHANNELS + 2 * 4,
+    ),
+    Case(  # cond: 3 frame channels, then 2 excitation signals folded 4 per step
+        "harmonic_scale",
+        lambda: HarmonicScale(4, COND_CHANNELS, 2),
         z_shape=(4, 8),
         reads_cond=True,
         cond_channels=COND_CHANNELS + 2 * 4,
@@ -331,6 +339,12 @@ STUDENT_CASES = [
     Case(  # the pulses filtered by a learned per-frame correction of the envelope
         "student_squeezewave_pulse_shaper",
         lambda: spectral_squeezewave(PITCH_SPEC, harmonic_source=True, pulse_taps=6),
+        reads_cond=True,
+        pitch=True,
+    ),
+    Case(  # the couplings' output scaled by a learned pattern over each pitch period
+        "student_squeezewave_noise_modulation",
+        lambda: spectral_squeezewave(PITCH_SPEC, harmonic_source=True, noise_modulation=True),
         reads_cond=True,
         pitch=True,
     ),

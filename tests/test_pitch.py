@@ -14,7 +14,7 @@ from wavflow.audio import estimate_f0
 from wavflow.checkpoint import build_student
 from wavflow.config import FeatureConfig, RecipeError, load_recipe
 from wavflow.flows import IAFStudent, SqueezeWave
-from wavflow.flows.layers import HarmonicShift
+from wavflow.flows.layers import HarmonicScale, HarmonicShift
 from wavflow.flows.source import PulseShaper
 from wavflow.nn.conditioning import (
     ConditioningSpec,
@@ -186,6 +186,34 @@ def test_harmonic_shift_starts_as_the_identity_and_keeps_volume():
     torch.nn.init.normal_(layer.weights.parametrizations.weight.original0)
     x, logdet = layer(z, cond)
     assert not torch.allclose(x, z) and torch.equal(logdet, torch.zeros(2))
+
+
+def test_harmonic_scale_modulates_the_noise_over_each_period_and_not_where_unvoiced():
+    """The level follows the glottal phase in voiced samples (a pattern repeating every pitch
+    period) and is left alone where unvoiced, where the excitation is zero."""
+    spec = ConditioningSpec(8, 64, sample_rate=16000, n_harmonics=3)
+    student = SqueezeWave(
+        spec,
+        n_flows=2,
+        fold=8,
+        n_layers=1,
+        channels=4,
+        early_channels=0,
+        harmonic_source=True,
+        noise_modulation=True,
+    ).double()
+    layer = next(m for m in student.modules() if isinstance(m, HarmonicScale))
+    f0 = torch.tensor([[250.0] * 4 + [0.0] * 4], dtype=torch.float64)  # 64 samples per period
+    cond = student.condition(torch.randn(1, 8, 8, dtype=torch.float64), f0=f0)
+    ones = torch.ones(1, 8, cond.shape[-1], dtype=torch.float64)
+    assert torch.equal(layer(ones, cond)[0], ones)  # the identity at initialisation
+    with torch.no_grad():
+        layer.weights.bias.copy_(torch.tensor([0.5, 0.0, 0.0, 0.3, 0.0, 0.0]))  # sin phi, cos 2 phi
+    scale = layer(ones, cond)[0].transpose(1, 2).reshape(-1)  # audio order
+    voiced, unvoiced = scale[64 : 4 * 64], scale[4 * 64 + 64 :]  # away from the crossfade
+    torch.testing.assert_close(voiced[64:], voiced[:-64], rtol=0, atol=1e-9)  # period 64
+    assert voiced.max() / voiced.min() > 2
+    assert torch.equal(unvoiced, torch.ones_like(unvoiced))
 
 
 def test_squeezewave_adds_the_excitation_to_its_output():

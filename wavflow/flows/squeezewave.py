@@ -38,6 +38,7 @@ from wavflow.flows.layers import (
     AffineCoupling,
     EnvelopeScale,
     FactorOut,
+    HarmonicScale,
     HarmonicShift,
     Invertible1x1Conv,
     OutputScale,
@@ -310,6 +311,9 @@ class SqueezeWave(FlowModel):
             learned per-frame correction of the mel's envelope of this many taps
             (`PulseShaper`), so that the harmonics' spectrum is learned apart from the
             noise's. 0: the pulses as `pulse_source` gives them.
+        noise_modulation: with `harmonic_source` and pitch, scale the couplings' output by a
+            learned pattern of level over each pitch period (`HarmonicScale`, before the
+            source), so that voiced noise can burst where the glottis opens.
 
     References:
         Zhai et al., "SqueezeWave", arXiv:2001.05685.
@@ -369,7 +373,10 @@ class SqueezeWave(FlowModel):
         harmonic_source: bool = False,
         source_noise: float = 0.1,
         pulse_taps: int = 0,
+        noise_modulation: bool = False,
     ) -> None:
+        if noise_modulation and not (harmonic_source and spec.n_harmonics):
+            raise ValueError("noise_modulation needs harmonic_source = true and pitch harmonics")
         if pulse_taps and not (harmonic_source and envelope_taps):
             raise ValueError("pulse_taps needs harmonic_source = true and envelope_taps > 0")
         if envelope_taps and not (envelope and features is not None and fold <= spec.hop_length):
@@ -415,6 +422,8 @@ class SqueezeWave(FlowModel):
             # would scatter each pulse over 128 samples (PESQ-wb 1.47 at initialisation on the
             # quality recipe's held-back speech against 2.09 for the IAF, whose steps start as
             # the identity). The couplings shape the noise; the pulses are added to it.
+            if noise_modulation:
+                layers.append(HarmonicScale(fold, frame_channels, 2 * spec.n_harmonics))
             shaper = PulseShaper(features, pulse_taps, conditioner.repeats) if pulse_taps else None
             layers.append(
                 HarmonicSource(conditioner.source_channel, fold, source_noise, shaper=shaper)
