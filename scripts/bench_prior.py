@@ -3,9 +3,7 @@ in one process, so the ratios are measured side by side:
 
 - "level": the output scaled by the mel's level (`envelope_taps = 0`, no source);
 - "spectral": filtered by the mel's spectral envelope (`envelope_taps` of the recipe, 1,024);
-- "spectral+source": that filter and the harmonic-plus-noise source (`harmonic_source`);
-- "spectral+source+shaper" (SqueezeWave): the pulses through a learned per-frame filter of 256
-  taps too (`pulse_taps`, `PulseShaper`).
+- "spectral+source": that filter and the harmonic-plus-noise source (`harmonic_source`).
 
     python scripts/bench_prior.py [--recipe recipes/quality.toml] [--seconds 4] [--threads 1]
 
@@ -31,12 +29,6 @@ PRIORS = {
     "level": {"envelope_taps": 0, "harmonic_source": False},
     "spectral": {"harmonic_source": False},
     "spectral+source": {"harmonic_source": True},
-}
-# SqueezeWave's variants name pulse_taps in each (the recipe may set it).
-VARIANTS = {
-    "iaf": PRIORS,
-    "squeezewave": {name: {**prior, "pulse_taps": 0} for name, prior in PRIORS.items()}
-    | {"spectral+source+shaper": {"harmonic_source": True, "pulse_taps": 256}},
 }
 
 
@@ -76,13 +68,13 @@ def main() -> None:
         f"{cpu_name()}, {args.threads} thread(s), torch {torch.__version__}, "
         f"{args.seconds:g} s at {features.sample_rate} Hz"
     )
-    for kind in VARIANTS:
+    for kind in ("iaf", "squeezewave"):
         spec, sizes = spec_and_sizes(recipe, 0, recipe.student.sizes(kind))
         sizes = {**sizes, "envelope": True}
         sizes.setdefault("envelope_taps", 1024)
-        times: dict[str, list[float]] = {name: [] for name in VARIANTS[kind]}
+        times: dict[str, list[float]] = {name: [] for name in PRIORS}
         for _ in range(args.builds):
-            for name, prior in VARIANTS[kind].items():
+            for name, prior in PRIORS.items():
                 model = build_student(kind, spec, features=features, **{**sizes, **prior})
                 times[name].append(time_synthesis(model, feats, f0, args.runs))
         medians = {name: statistics.median(t) for name, t in times.items()}

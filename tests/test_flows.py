@@ -27,7 +27,6 @@ from wavflow.flows import (
     FloWaveNet,
     FlowModel,
     FrameRateConditioner,
-    HarmonicScale,
     HarmonicShift,
     HarmonicSource,
     IAFFlow,
@@ -138,13 +137,6 @@ LAYER_CASES = [
     Case(  # cond: 3 frame channels, then 2 excitation signals folded 4 per step
         "harmonic_shift",
         lambda: HarmonicShift(4, COND_CHANNELS, 2),
-        z_shape=(4, 8),
-        reads_cond=True,
-        cond_channels=COND_CHANNELS + 2 * 4,
-    ),
-    Case(  # cond: 3 frame channels, then 2 excitation signals folded 4 per step
-        "harmonic_scale",
-        lambda: HarmonicScale(4, COND_CHANNELS, 2),
         z_shape=(4, 8),
         reads_cond=True,
         cond_channels=COND_CHANNELS + 2 * 4,
@@ -333,18 +325,6 @@ STUDENT_CASES = [
     Case(  # pulses at F0 added where voiced after the couplings, then the spectral envelope
         "student_squeezewave_harmonic_source",
         lambda: spectral_squeezewave(PITCH_SPEC, harmonic_source=True),
-        reads_cond=True,
-        pitch=True,
-    ),
-    Case(  # the pulses filtered by a learned per-frame correction of the envelope
-        "student_squeezewave_pulse_shaper",
-        lambda: spectral_squeezewave(PITCH_SPEC, harmonic_source=True, pulse_taps=6),
-        reads_cond=True,
-        pitch=True,
-    ),
-    Case(  # the couplings' output scaled by a learned pattern over each pitch period
-        "student_squeezewave_noise_modulation",
-        lambda: spectral_squeezewave(PITCH_SPEC, harmonic_source=True, noise_modulation=True),
         reads_cond=True,
         pitch=True,
     ),

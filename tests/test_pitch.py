@@ -14,8 +14,7 @@ from wavflow.audio import estimate_f0
 from wavflow.checkpoint import build_student
 from wavflow.config import FeatureConfig, RecipeError, load_recipe
 from wavflow.flows import IAFStudent, SqueezeWave
-from wavflow.flows.layers import HarmonicScale, HarmonicShift
-from wavflow.flows.source import PulseShaper
+from wavflow.flows.layers import HarmonicShift
 from wavflow.nn.conditioning import (
     ConditioningSpec,
     F0Predictor,
@@ -188,34 +187,6 @@ def test_harmonic_shift_starts_as_the_identity_and_keeps_volume():
     assert not torch.allclose(x, z) and torch.equal(logdet, torch.zeros(2))
 
 
-def test_harmonic_scale_modulates_the_noise_over_each_period_and_not_where_unvoiced():
-    """The level follows the glottal phase in voiced samples (a pattern repeating every pitch
-    period) and is left alone where unvoiced, where the excitation is zero."""
-    spec = ConditioningSpec(8, 64, sample_rate=16000, n_harmonics=3)
-    student = SqueezeWave(
-        spec,
-        n_flows=2,
-        fold=8,
-        n_layers=1,
-        channels=4,
-        early_channels=0,
-        harmonic_source=True,
-        noise_modulation=True,
-    ).double()
-    layer = next(m for m in student.modules() if isinstance(m, HarmonicScale))
-    f0 = torch.tensor([[250.0] * 4 + [0.0] * 4], dtype=torch.float64)  # 64 samples per period
-    cond = student.condition(torch.randn(1, 8, 8, dtype=torch.float64), f0=f0)
-    ones = torch.ones(1, 8, cond.shape[-1], dtype=torch.float64)
-    assert torch.equal(layer(ones, cond)[0], ones)  # the identity at initialisation
-    with torch.no_grad():
-        layer.weights.bias.copy_(torch.tensor([0.5, 0.0, 0.0, 0.3, 0.0, 0.0]))  # sin phi, cos 2 phi
-    scale = layer(ones, cond)[0].transpose(1, 2).reshape(-1)  # audio order
-    voiced, unvoiced = scale[64 : 4 * 64], scale[4 * 64 + 64 :]  # away from the crossfade
-    torch.testing.assert_close(voiced[64:], voiced[:-64], rtol=0, atol=1e-9)  # period 64
-    assert voiced.max() / voiced.min() > 2
-    assert torch.equal(unvoiced, torch.ones_like(unvoiced))
-
-
 def test_squeezewave_adds_the_excitation_to_its_output():
     student = _pitch_squeezewave()
     feats = torch.randn(1, 8, 32, dtype=torch.float64)
@@ -301,34 +272,3 @@ def test_a_phase_aligned_teacher_trains_with_the_aligned_excitation(monkeypatch)
     assert not torch.equal(losses["nll"], unaligned)  # the phase changed the excitation
     # Validation (and so best.pt) scores the objective that training minimises.
     assert objective.validate(model, [batch])["nll"] == pytest.approx(float(losses["nll"]))
-
-
-@torch.no_grad()
-def test_a_pulse_shaper_starts_as_the_identity_then_filters_the_unfolded_pulses():
-    """At initialisation the shaper's correction is zero (a unit impulse per frame); with a
-    correction that is the same in every frame it is one causal filter of the audio-rate
-    pulses, whatever the fold, and a correction of +log 2 in every band doubles them."""
-    fold, steps_per_frame, frames = 64, 4, 6  # hop 256 = 4 steps of 64 folded samples
-    shaper = PulseShaper(FEATURES, taps=128, steps_per_frame=steps_per_frame).double()
-    generator = torch.Generator().manual_seed(0)
-    steps = frames * steps_per_frame
-    pulses = torch.randn(2, fold, steps, generator=generator, dtype=torch.float64)
-    cond = torch.randn(2, FEATURES.n_mels, pulses.shape[-1], generator=generator).double() - 4
-    torch.testing.assert_close(shaper(pulses, cond), pulses, rtol=0, atol=1e-12)
-
-    shaper.correction.bias.copy_(torch.linspace(-1.0, 1.0, FEATURES.n_mels))
-    response = shaper.responses(cond[:, : FEATURES.n_mels, ::steps_per_frame])[0, 0].numpy()
-    audio = pulses.transpose(1, 2).reshape(2, -1).numpy()
-    expected = np.stack([np.convolve(row, response)[: audio.shape[1]] for row in audio])
-    shaped = shaper(pulses, cond).transpose(1, 2).reshape(2, -1).numpy()
-    np.testing.assert_allclose(shaped, expected, rtol=0, atol=1e-9)
-
-    shaper.correction.bias.fill_(math.log(2.0))
-    # 1e-6: the bands-to-bins weights are stored in float32 (their rows sum to 1 within 1e-8)
-    torch.testing.assert_close(shaper(pulses, cond), 2 * pulses, rtol=0, atol=1e-6)
-
-
-def test_pulse_taps_without_the_source_and_envelope_are_refused():
-    spec = ConditioningSpec(80, 256, sample_rate=16000, n_harmonics=2)
-    with pytest.raises(ValueError, match="pulse_taps needs harmonic_source"):
-        SqueezeWave(spec, **SqueezeWave.PRESETS["cpu"], pulse_taps=128)

@@ -194,16 +194,15 @@ class EnvelopeScale(Flow):
         return x * scale, loc * scale, log_scale + envelope_log_scale
 
 
-class HarmonicCombination(Flow):
-    """sum_k a_k e_k on folded audio: the F0 excitation weighted per step from the mel.
+class HarmonicShift(Flow):
+    """x = z + sum_k a_k e_k on folded audio: the F0 excitation, weighted from the mel, added.
 
     `cond` (B, C_frame + K * G, S) ends with an excitation of K channels folded like the audio
     (channel k * G + i at step s is e_k[s * G + i]); the first C_frame channels (mel, speaker)
     set the weights a_k per step through a centred, weight-normalised conv whose gains start
     at zero, so a new layer is the identity and a step of the optimiser moves a_k by an amount
-    that does not grow with the scale of the log-mel. Subclasses add the combination to the
-    signal (`HarmonicShift`) or to its log-scale (`HarmonicScale`), at K multiply-adds per
-    sample.
+    that does not grow with the scale of the log-mel. A shift only: log-det 0. This puts
+    pitch in the signal path of a folded flow at the cost of K multiply-adds per sample.
 
     Args:
         channels: G, samples folded per step (C of z and x).
@@ -219,51 +218,20 @@ class HarmonicCombination(Flow):
         self.channels, self.excitation_channels = channels, excitation_channels
         self.weights = zero_gain_conv(frame_channels, excitation_channels, kernel_size)
 
-    def combination(self, cond: Tensor | None) -> Tensor:
-        """(B, C, S) cond -> sum_k a_k e_k, (B, G, S)."""
+    def _shift(self, cond: Tensor | None) -> Tensor:
         if cond is None:
-            raise ValueError(f"{type(self).__name__} needs cond")
+            raise ValueError("HarmonicShift needs cond")
         batch, _, steps = cond.shape
         weights = self.weights(cond[:, : self.weights.in_channels])  # (B, K, S)
         excitation = cond[:, -self.excitation_channels * self.channels :]
         excitation = excitation.reshape(batch, self.excitation_channels, self.channels, steps)
         return torch.einsum("bks,bkgs->bgs", weights, excitation)  # (B, G, S)
 
-
-class HarmonicShift(HarmonicCombination):
-    """x = z + sum_k a_k e_k: the F0 excitation, weighted from the mel, added (see
-    `HarmonicCombination`). A shift only: log-det 0. This puts pitch in the signal path of a
-    folded flow."""
-
     def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return z + self.combination(cond), zero_logdet(z)
+        return z + self._shift(cond), zero_logdet(z)
 
     def inverse(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return x - self.combination(cond), zero_logdet(x)
-
-
-class HarmonicScale(HarmonicCombination):
-    """x = z exp(s), s = b tanh(sum_k a_k e_k / b): noise made louder and quieter within each
-    pitch period (see `HarmonicCombination`; zero where unvoiced, where the excitation is).
-
-    The sines and cosines of the harmonics of the glottal phase are a Fourier basis over one
-    period, so s is any smooth pattern of level against the position in the period, set per
-    frame from the mel: voiced noise that bursts where the glottis opens, as breath noise does
-    (the corpus's aspiration follows the glottal flow; `wavflow.formant`), which a coupling of
-    folded samples, blind to where the pulses fall, cannot make. log-det: sum of s. The bound
-    b is `LOG_SCALE_BOUND`.
-    """
-
-    def _log_scale(self, cond: Tensor | None) -> Tensor:
-        return soft_clamp(self.combination(cond), LOG_SCALE_BOUND)
-
-    def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        log_scale = self._log_scale(cond)
-        return z * torch.exp(log_scale), log_scale.sum(dim=(1, 2))
-
-    def inverse(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        log_scale = self._log_scale(cond)
-        return x * torch.exp(-log_scale), -log_scale.sum(dim=(1, 2))
+        return x - self._shift(cond), zero_logdet(x)
 
 
 __all__ = [
@@ -272,8 +240,6 @@ __all__ = [
     "AffineCoupling",
     "EnvelopeScale",
     "FactorOut",
-    "HarmonicCombination",
-    "HarmonicScale",
     "HarmonicShift",
     "Invertible1x1Conv",
     "OutputScale",

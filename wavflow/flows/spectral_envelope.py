@@ -71,56 +71,6 @@ def minimum_phase(log_magnitude: Tensor, n_fft: int, taps: int) -> Tensor:
     return torch.cat([torch.exp(cepstrum[..., :1]), response[..., 1:]], dim=-1)
 
 
-class CrossfadedFilter:
-    """Per-frame FIR filters crossfaded between frame centres: frame j's response filters the
-    two hops [j hop - hop/2, j hop + 3 hop/2), weighted by its linear interpolation weight (a
-    triangle) and overlap-added, so switching filters every hop splatters no energy.
-
-    Args:
-        hop: samples per frame.
-        taps: L, the length of each response.
-    """
-
-    def __init__(self, hop: int, taps: int) -> None:
-        self.hop, self.taps = hop, taps
-        self.fft_size = 1 << (2 * hop + taps - 2).bit_length()  # >= a frame's segment
-
-    def __call__(self, y: Tensor, responses: Tensor) -> Tensor:
-        """(B, T) through K sets of per-frame filters (B, F, K, L) -> (B, K, T), T = F hop."""
-        frames, length = responses.shape[1], self.taps
-        hop, half = self.hop, self.hop // 2
-        padded = nn.functional.pad(y, (length - 1 + half, half))
-        segments = padded.unfold(-1, 2 * hop + length - 1, hop)  # (B, F, 2 hop + L - 1)
-        # Per-frame convolution by FFT (cheaper than the direct 2 hop x L products, and free of
-        # shape-dependent arguments, so it traces and exports): a circular convolution of size
-        # >= the segment equals the linear one from index L - 1 on.
-        size = self.fft_size
-        spectra = _complex_product(
-            torch.fft.rfft(segments, n=size), torch.fft.rfft(responses, n=size)
-        )
-        outputs = torch.fft.irfft(spectra, n=size)[..., length - 1 : length - 1 + 2 * hop]
-        triangle = self._triangle(y)
-        total = self._overlap_add(outputs * triangle)
-        # The weights sum to 1 inside; at the ends only one frame reaches, as the held
-        # interpolation (`interpolate_frames`) there has it.
-        norm = self._overlap_add(triangle.expand(1, frames, 1, 2 * hop))
-        return (total / norm)[..., half : half + frames * hop]
-
-    def _triangle(self, like: Tensor) -> Tensor:
-        """w_j over its support, (1, 1, 1, 2 hop): the interpolation weight of frame j."""
-        offsets = torch.arange(2 * self.hop, device=like.device, dtype=like.dtype) + 0.5
-        return (1 - (offsets - self.hop).abs() / self.hop)[None, None, None]
-
-    def _overlap_add(self, blocks: Tensor) -> Tensor:
-        """(B, F, K, 2 hop) -> (B, K, (F + 1) hop): block j added at j hop."""
-        batch, frames, variants, _ = blocks.shape
-        first, second = blocks.transpose(1, 2).split(self.hop, dim=-1)  # (B, K, F, hop) each
-        out = blocks.new_zeros(batch, variants, (frames + 1) * self.hop)
-        out[..., : frames * self.hop] += first.reshape(batch, variants, -1)
-        out[..., self.hop :] += second.reshape(batch, variants, -1)
-        return out
-
-
 class SpectralEnvelope(Flow):
     """x = g * (h_t * y): the minimum-phase filter of the mel's spectral envelope (see module).
 
@@ -156,7 +106,7 @@ class SpectralEnvelope(Flow):
         self.n_mels, self.packed_channel = features.n_mels, packed_channel
         self.packed_channels = packed_channels(features.n_mels, features.hop_length)
         self.steps_per_frame = steps_per_frame
-        self.crossfade = CrossfadedFilter(self.hop, taps)
+        self.fft_size = 1 << (2 * self.hop + taps - 2).bit_length()  # >= a frame's segment
         self.register_buffer("interpolation", torch.tensor(weights, dtype=torch.float32))
         self.register_buffer("band_gain", torch.tensor(band_gain, dtype=torch.float32))
         calibration = torch.tensor(noise_calibration(features), dtype=torch.float32)
@@ -188,7 +138,7 @@ class SpectralEnvelope(Flow):
     def _filter_and_log_tap(self, y: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         y = y.to(at_least_float32(y.dtype))  # a bf16 model filters in float32 too
         responses = self.filters(cond, y.dtype)
-        return self.crossfade(y[:, 0], responses[:, :, None]), self._leading_log_tap(responses)
+        return self._filter(y[:, 0], responses[:, :, None]), self._leading_log_tap(responses)
 
     def location_scale(
         self, x: Tensor, loc: Tensor, log_scale: Tensor, cond: Tensor
@@ -207,7 +157,7 @@ class SpectralEnvelope(Flow):
         y = y.to(at_least_float32(y.dtype))
         responses = self.filters(cond, y.dtype)
         past_only = nn.functional.pad(responses[..., 1:], (1, 0))
-        both = self.crossfade(y[:, 0], torch.stack([responses, past_only], dim=2))
+        both = self._filter(y[:, 0], torch.stack([responses, past_only], dim=2))
         return both[:, :1], both[:, 1:], self._leading_log_tap(responses)
 
     def forward(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -235,6 +185,45 @@ class SpectralEnvelope(Flow):
         """(B, F, L) -> log a_t (B, 1, F * hop); h_j[0] > 0 for a minimum-phase response."""
         leading = interpolate_frames(responses[..., 0], self.hop)
         return torch.log(leading.clamp_min(1e-30))[:, None]
+
+    def _filter(self, y: Tensor, responses: Tensor) -> Tensor:
+        """(B, T) through K sets of crossfaded per-frame filters (B, F, K, L) -> (B, K, T).
+
+        Frame j's output is computed over its interpolation weight's support, the two hops
+        [j hop - hop/2, j hop + 3 hop/2), weighted by the triangle w_j and overlap-added.
+        """
+        frames, length = responses.shape[1], self.taps
+        hop, half = self.hop, self.hop // 2
+        padded = nn.functional.pad(y, (length - 1 + half, half))
+        segments = padded.unfold(-1, 2 * hop + length - 1, hop)  # (B, F, 2 hop + L - 1)
+        # Per-frame convolution by FFT (cheaper than the direct 2 hop x L products, and free of
+        # shape-dependent arguments, so it traces and exports): a circular convolution of size
+        # >= the segment equals the linear one from index L - 1 on.
+        size = self.fft_size
+        spectra = _complex_product(
+            torch.fft.rfft(segments, n=size), torch.fft.rfft(responses, n=size)
+        )
+        outputs = torch.fft.irfft(spectra, n=size)[..., length - 1 : length - 1 + 2 * hop]
+        triangle = self._triangle(y)
+        total = self._overlap_add(outputs * triangle)
+        # The weights sum to 1 inside; at the ends only one frame reaches, as the held
+        # interpolation (`interpolate_frames`) there has it.
+        norm = self._overlap_add(triangle.expand(1, frames, 1, 2 * hop))
+        return (total / norm)[..., half : half + frames * hop]
+
+    def _triangle(self, like: Tensor) -> Tensor:
+        """w_j over its support, (1, 1, 1, 2 hop): the interpolation weight of frame j."""
+        offsets = torch.arange(2 * self.hop, device=like.device, dtype=like.dtype) + 0.5
+        return (1 - (offsets - self.hop).abs() / self.hop)[None, None, None]
+
+    def _overlap_add(self, blocks: Tensor) -> Tensor:
+        """(B, F, K, 2 hop) -> (B, K, (F + 1) hop): block j added at j hop."""
+        batch, frames, variants, _ = blocks.shape
+        first, second = blocks.transpose(1, 2).split(self.hop, dim=-1)  # (B, K, F, hop) each
+        out = blocks.new_zeros(batch, variants, (frames + 1) * self.hop)
+        out[..., : frames * self.hop] += first.reshape(batch, variants, -1)
+        out[..., self.hop :] += second.reshape(batch, variants, -1)
+        return out
 
     def _taps_per_sample(self, responses: Tensor) -> Tensor:
         """(B, F, L) -> (B, F * hop, L): each sample's interpolated response."""

@@ -38,14 +38,13 @@ from wavflow.flows.layers import (
     AffineCoupling,
     EnvelopeScale,
     FactorOut,
-    HarmonicScale,
     HarmonicShift,
     Invertible1x1Conv,
     OutputScale,
     Squeeze,
     fold,
 )
-from wavflow.flows.source import HarmonicSource, PulseShaper
+from wavflow.flows.source import HarmonicSource
 from wavflow.flows.spectral_envelope import SpectralEnvelope
 from wavflow.nn.conditioning import ConditionerBase, ConditioningSpec, log_envelope
 from wavflow.nn.conv import ZeroConv1d, add_weight_norm
@@ -307,13 +306,6 @@ class SqueezeWave(FlowModel):
         harmonic_source: pulses at F0 where voiced, the couplings' noise quietened there
             (`HarmonicSource` on the folded output of the couplings; needs pitch).
         source_noise: with `harmonic_source`, the noise scale in voiced samples (fixed).
-        pulse_taps: with `harmonic_source` and `envelope_taps`, filter the pulses by a
-            learned per-frame correction of the mel's envelope of this many taps
-            (`PulseShaper`), so that the harmonics' spectrum is learned apart from the
-            noise's. 0: the pulses as `pulse_source` gives them.
-        noise_modulation: with `harmonic_source` and pitch, scale the couplings' output by a
-            learned pattern of level over each pitch period (`HarmonicScale`, before the
-            source), so that voiced noise can burst where the glottis opens.
 
     References:
         Zhai et al., "SqueezeWave", arXiv:2001.05685.
@@ -372,13 +364,7 @@ class SqueezeWave(FlowModel):
         features: FeatureConfig | None = None,
         harmonic_source: bool = False,
         source_noise: float = 0.1,
-        pulse_taps: int = 0,
-        noise_modulation: bool = False,
     ) -> None:
-        if noise_modulation and not (harmonic_source and spec.n_harmonics):
-            raise ValueError("noise_modulation needs harmonic_source = true and pitch harmonics")
-        if pulse_taps and not (harmonic_source and envelope_taps):
-            raise ValueError("pulse_taps needs harmonic_source = true and envelope_taps > 0")
         if envelope_taps and not (envelope and features is not None and fold <= spec.hop_length):
             raise ValueError(
                 "envelope_taps needs envelope = true, the feature settings and fold <= hop"
@@ -422,12 +408,7 @@ class SqueezeWave(FlowModel):
             # would scatter each pulse over 128 samples (PESQ-wb 1.47 at initialisation on the
             # quality recipe's held-back speech against 2.09 for the IAF, whose steps start as
             # the identity). The couplings shape the noise; the pulses are added to it.
-            if noise_modulation:
-                layers.append(HarmonicScale(fold, frame_channels, 2 * spec.n_harmonics))
-            shaper = PulseShaper(features, pulse_taps, conditioner.repeats) if pulse_taps else None
-            layers.append(
-                HarmonicSource(conditioner.source_channel, fold, source_noise, shaper=shaper)
-            )
+            layers.append(HarmonicSource(conditioner.source_channel, fold, source_noise))
         if envelope and not envelope_taps:  # the level channel ends the frame features
             layers.append(EnvelopeScale(frame_channels - 1, envelope_offset))
         if spec.n_harmonics:
@@ -455,9 +436,8 @@ class SqueezeWave(FlowModel):
             samples_per_cond_step=fold,
         )
         # The output filter reads envelope_taps - 1 samples back and half a hop ahead (its
-        # crossfade), which no conv of the flow shows to `coupling_reach`; the pulse shaper's
-        # filter and mel context come before it.
+        # crossfade), which no conv of the flow shows to `coupling_reach`.
         self.output_filter_reach = (
             max(envelope_taps - 1, spec.hop_length // 2) if envelope_taps else 0
-        ) + (shaper.reach if pulse_taps else 0)
+        )
         add_weight_norm(self.flow)
