@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+import wavflow.data
 from wavflow.audio import load_audio, log_mel
 from wavflow.cli import main
 from wavflow.config import DataConfig
@@ -234,3 +237,37 @@ def test_data_config_validation():
 
 def _recipe_path() -> str:
     return str(Path(__file__).resolve().parents[1] / "recipes" / "tiny_teacher.toml")
+
+
+def test_parallel_prepare_compiles_pyin_before_its_workers_start(
+    corpus_dir, tiny_recipe, tmp_path, monkeypatch
+):
+    """Workers that compile librosa's pyin at once can tear numba's on-disk cache (a later
+    pyin then segfaults): the main process compiles it first."""
+    events: list[str] = []
+
+    class InlinePool:  # runs the tasks here, recording when the pool started
+        def __init__(self, workers: int) -> None:
+            events.append("pool")
+
+        def __enter__(self) -> InlinePool:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+        def submit(self, function, *args):
+            future: Future = Future()
+            future.set_result(function(*args))
+            return future
+
+    monkeypatch.setattr(wavflow.data, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(wavflow.data, "estimate_f0", lambda *args: events.append("pyin") or None)
+    data = dataclasses.replace(tiny_recipe.data, f0_method="pyin")
+    out = tmp_path / "parallel"
+    prepare_dataset(corpus_dir, out, tiny_recipe.features, data, workers=2, progress=False)
+    assert events[:2] == ["pyin", "pool"]
+    events.clear()
+    data = dataclasses.replace(tiny_recipe.data, f0_method="none")
+    prepare_dataset(corpus_dir, tmp_path / "no_f0", tiny_recipe.features, data, workers=2)
+    assert events == ["pool"]
