@@ -263,11 +263,15 @@ def test_parallel_prepare_compiles_pyin_before_its_workers_start(
 
     monkeypatch.setattr(wavflow.data, "ProcessPoolExecutor", InlinePool)
     monkeypatch.setattr(wavflow.data, "estimate_f0", lambda *args: events.append("pyin") or None)
-    data = dataclasses.replace(tiny_recipe.data, f0_method="pyin")
+    data_pyin = dataclasses.replace(tiny_recipe.data, f0_method="pyin")
     out = tmp_path / "parallel"
-    prepare_dataset(corpus_dir, out, tiny_recipe.features, data, workers=2, progress=False)
+    prepare_dataset(corpus_dir, out, tiny_recipe.features, data_pyin, workers=2, progress=False)
     assert events[:2] == ["pyin", "pool"]
     events.clear()
     data = dataclasses.replace(tiny_recipe.data, f0_method="none")
-    prepare_dataset(corpus_dir, tmp_path / "no_f0", tiny_recipe.features, data, workers=2)
+    no_f0 = tmp_path / "no_f0"
+    prepare_dataset(corpus_dir, no_f0, tiny_recipe.features, data, workers=2, progress=False)
     assert events == ["pool"]
+    events.clear()  # a re-run with every utterance done starts no pool and compiles nothing
+    prepare_dataset(corpus_dir, out, tiny_recipe.features, data_pyin, workers=2, progress=False)
+    assert events == []

@@ -240,7 +240,7 @@ def _run_parallel(
         total=len(todo), desc="prepare", unit="utt", disable=not progress or not todo
     )
     results = []
-    if workers <= 1:
+    if workers <= 1 or not todo:  # nothing to spread: no pool, and no pyin compiled for it
         for source in todo:
             results.append(_prepare_one(source, out_dir, features, data))
             bar.update()
